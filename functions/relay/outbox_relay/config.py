@@ -1,0 +1,281 @@
+"""Configuration: read from the environment and validated here, and nowhere else.
+
+Every variable is listed in README's configuration table.  Problems are collected and reported
+together as one line, so a bad deployment says everything that is wrong at once.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from .sql import valid_identifier
+
+T = TypeVar("T")
+
+TOPIC_FIELDS = frozenset({"aggregate_type", "event_type"})
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL")
+SASL_MECHANISMS = ("OAUTHBEARER", "SCRAM-SHA-512")
+COMPRESSION_TYPES = ("none", "gzip", "lz4", "zstd", "snappy")
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a runnable relay.  ``str()`` is one line."""
+
+
+class InvocationError(ValueError):
+    """A manual invocation payload the relay will not act on.  ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Knobs of the relay core.  Defaults are safe for a 1-minute schedule."""
+
+    batch_size: int = 500
+    max_attempts: int = 10
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 900.0
+    lease_margin_seconds: float = 10.0
+    stop_margin_seconds: float = 1.0
+    topic_template: str = "outbox.event.{aggregate_type}"
+    max_message_bytes: int = 1_048_576
+    require_json: bool = True
+    max_events: int | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str | None
+    secret_arn: str | None
+    table: str = "outbox"
+    connect_timeout_seconds: float = 5.0
+    lock_wait_timeout_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: tuple[str, ...]
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    client_id: str = "outbox-relay"
+    compression_type: str = "none"
+    linger_ms: int = 5
+    batch_bytes: int = 262_144
+    request_timeout_ms: int = 10_000
+    delivery_timeout_ms: int = 30_000
+    max_block_ms: int = 5_000
+    max_request_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class Config:
+    relay: RelaySettings
+    database: DatabaseSettings
+    kafka: KafkaSettings
+    dlq_queue_url: str
+
+
+class _Reader:
+    """Reads typed values from an environment mapping, collecting every problem."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+        raw = self.env.get(name)
+        value = raw.strip() if raw is not None else None
+        if not value:
+            if required:
+                self.problems.append(f"{name} is required")
+            return default
+        return value
+
+    def number(self, name: str, default: T, parse: Callable[[str], T], low: float, high: float) -> T:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = parse(raw)
+        except ValueError:
+            kind = "an integer" if parse is int else "a number"
+            self.problems.append(f"{name}={raw!r} is not {kind}")
+            return default
+        if not low <= value <= high:  # type: ignore[operator]
+            self.problems.append(f"{name}={raw!r} is out of range [{low:g}, {high:g}]")
+            return default
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name}={raw!r} is not a boolean (true/false)")
+        return default
+
+    def choice(self, name: str, default: str | None, choices: tuple[str, ...]) -> str | None:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw not in choices:
+            self.problems.append(f"{name}={raw!r} is not one of {', '.join(choices)}")
+            return default
+        return raw
+
+
+def check_topic_template(template: str) -> str | None:
+    """Why ``template`` is not a usable topic template, or None when it is."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"is not a valid template ({exc})"
+    for _literal, name, spec, conversion in fields:
+        if name is None:
+            continue
+        if name not in TOPIC_FIELDS or spec or conversion:
+            allowed = ", ".join("{" + f + "}" for f in sorted(TOPIC_FIELDS))
+            return f"uses {{{name}}}; only {allowed} may appear"
+    return None
+
+
+def load_config(env: Mapping[str, str]) -> Config:
+    """Build and validate the configuration; raises :class:`ConfigError` listing every problem."""
+    r = _Reader(env)
+
+    table = r.text("OUTBOX_TABLE", "outbox") or "outbox"
+    if not valid_identifier(table):
+        r.problems.append(
+            f"OUTBOX_TABLE={table!r} is not a plain table name (letters, digits, _; at most 48)"
+        )
+    password = r.text("OUTBOX_DB_PASSWORD")
+    secret_arn = r.text("OUTBOX_DB_SECRET_ARN")
+    if password is None and secret_arn is None:
+        r.problems.append("one of OUTBOX_DB_PASSWORD (local) or OUTBOX_DB_SECRET_ARN (deployed) is required")
+    database = DatabaseSettings(
+        host=r.text("OUTBOX_DB_HOST", required=True) or "",
+        port=r.number("OUTBOX_DB_PORT", 3306, int, 1, 65535),
+        name=r.text("OUTBOX_DB_NAME", required=True) or "",
+        user=r.text("OUTBOX_DB_USER", required=True) or "",
+        password=password,
+        secret_arn=secret_arn,
+        table=table,
+        lock_wait_timeout_seconds=r.number("OUTBOX_DB_LOCK_WAIT_TIMEOUT_SECONDS", 5, int, 1, 120),
+    )
+
+    protocol = r.choice("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS) or "PLAINTEXT"
+    mechanism = r.choice("KAFKA_SASL_MECHANISM", None, SASL_MECHANISMS)
+    if protocol == "SASL_SSL" and mechanism is None:
+        r.problems.append("KAFKA_SASL_MECHANISM is required when KAFKA_SECURITY_PROTOCOL=SASL_SSL")
+    if protocol != "SASL_SSL" and mechanism is not None:
+        r.problems.append(f"KAFKA_SASL_MECHANISM={mechanism!r} needs KAFKA_SECURITY_PROTOCOL=SASL_SSL")
+    servers = tuple(
+        s.strip() for s in (r.text("KAFKA_BOOTSTRAP_SERVERS", required=True) or "").split(",") if s.strip()
+    )
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            r.problems.append(f"KAFKA_BOOTSTRAP_SERVERS entry {server!r} is not host:port")
+    max_message_bytes = r.number("OUTBOX_MAX_MESSAGE_BYTES", 1_048_576, int, 1024, 100 * 1024 * 1024)
+    request_timeout_ms = r.number("KAFKA_REQUEST_TIMEOUT_MS", 10_000, int, 100, 300_000)
+    linger_ms = r.number("KAFKA_LINGER_MS", 5, int, 0, 1000)
+    delivery_timeout_ms = r.number("KAFKA_DELIVERY_TIMEOUT_MS", 30_000, int, 100, 900_000)
+    if delivery_timeout_ms < request_timeout_ms + linger_ms:
+        r.problems.append(
+            "KAFKA_DELIVERY_TIMEOUT_MS must be at least KAFKA_REQUEST_TIMEOUT_MS + KAFKA_LINGER_MS"
+        )
+    kafka = KafkaSettings(
+        bootstrap_servers=servers,
+        security_protocol=protocol,
+        sasl_mechanism=mechanism,
+        client_id=r.text("KAFKA_CLIENT_ID", "outbox-relay") or "outbox-relay",
+        compression_type=r.choice("KAFKA_COMPRESSION_TYPE", "none", COMPRESSION_TYPES) or "none",
+        linger_ms=linger_ms,
+        batch_bytes=r.number("KAFKA_BATCH_BYTES", 262_144, int, 1024, 16 * 1024 * 1024),
+        request_timeout_ms=request_timeout_ms,
+        delivery_timeout_ms=delivery_timeout_ms,
+        max_block_ms=r.number("KAFKA_MAX_BLOCK_MS", 5_000, int, 100, 120_000),
+        max_request_bytes=max_message_bytes + 64 * 1024,
+    )
+
+    template = r.text("OUTBOX_TOPIC_TEMPLATE", RelaySettings.topic_template) or RelaySettings.topic_template
+    problem = check_topic_template(template)
+    if problem:
+        r.problems.append(f"OUTBOX_TOPIC_TEMPLATE={template!r} {problem}")
+    base = r.number("OUTBOX_BACKOFF_BASE_SECONDS", 1.0, float, 0.001, 3600)
+    cap = r.number("OUTBOX_BACKOFF_MAX_SECONDS", 900.0, float, 0.001, 86_400)
+    if cap < base:
+        r.problems.append("OUTBOX_BACKOFF_MAX_SECONDS must be at least OUTBOX_BACKOFF_BASE_SECONDS")
+    relay = RelaySettings(
+        batch_size=r.number("OUTBOX_BATCH_SIZE", 500, int, 1, 10_000),
+        max_attempts=r.number("OUTBOX_MAX_ATTEMPTS", 10, int, 1, 1000),
+        backoff_base_seconds=base,
+        backoff_max_seconds=cap,
+        lease_margin_seconds=r.number("OUTBOX_LEASE_MARGIN_SECONDS", 10.0, float, 1, 3600),
+        stop_margin_seconds=r.number("OUTBOX_STOP_MARGIN_SECONDS", 1.0, float, 0.1, 60),
+        topic_template=template,
+        max_message_bytes=max_message_bytes,
+        require_json=r.flag("OUTBOX_REQUIRE_JSON", True),
+    )
+    dlq = r.text("DLQ_QUEUE_URL", required=True) or ""
+
+    if r.problems:
+        raise ConfigError("invalid configuration: " + "; ".join(r.problems))
+    return Config(relay=relay, database=database, kafka=kafka, dlq_queue_url=dlq)
+
+
+_OVERRIDES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+    "batch_size": (int, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
+    "max_events": (int, lambda v: v >= 1, "a positive integer"),
+    "dry_run": (bool, lambda v: True, "true or false"),
+}
+_SCHEDULE_SOURCES = ("aws.events", "aws.scheduler")
+
+
+def is_scheduled_event(event: Mapping[str, Any]) -> bool:
+    """EventBridge rule (``Scheduled Event``) or Scheduler payloads carry no overrides."""
+    return event.get("detail-type") == "Scheduled Event" or event.get("source") in _SCHEDULE_SOURCES
+
+
+def parse_invocation(event: object) -> dict[str, Any]:
+    """The overrides a manual invocation asks for (none for a scheduled event).
+
+    Raises :class:`InvocationError` when any field is unknown or of the wrong type.
+    """
+    if event is None:
+        return {}
+    if not isinstance(event, dict):
+        raise InvocationError(
+            f"invalid invocation payload: expected a JSON object, got {type(event).__name__}"
+        )
+    if is_scheduled_event(event):
+        return {}
+    unknown = sorted(set(event) - set(_OVERRIDES))
+    if unknown:
+        raise InvocationError(
+            f"invalid invocation payload: unknown field {', '.join(map(repr, unknown))}"
+            f" (allowed: {', '.join(sorted(_OVERRIDES))})"
+        )
+    changes: dict[str, Any] = {}
+    for name, value in event.items():
+        kind, ok, expected = _OVERRIDES[name]
+        # bool is an int in Python; a JSON true is not a batch size.
+        if type(value) is not kind or not ok(value):
+            raise InvocationError(f"invalid invocation payload: {name} must be {expected}, got {value!r}")
+        changes[name] = value
+    return changes
+
+
+def with_overrides(settings: RelaySettings, changes: Mapping[str, Any]) -> RelaySettings:
+    return replace(settings, **changes)

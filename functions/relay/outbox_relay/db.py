@@ -1,0 +1,55 @@
+"""Opening database connections: credentials from the environment or Secrets Manager."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pymysql
+
+from .config import DatabaseSettings
+from .store_mysql import Connect
+
+SecretReader = Callable[[str], str]
+
+
+def secret_password(read_secret: SecretReader, arn: str) -> str:
+    """The ``password`` field of an RDS-style JSON secret (``{"username": ..., "password": ...}``)."""
+    raw = read_secret(arn)
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw  # a plain-text secret is the password itself
+    password = value.get("password") if isinstance(value, dict) else None
+    if isinstance(password, str):
+        return password
+    raise ValueError(f"secret {arn} has no string 'password' field")
+
+
+def connector(settings: DatabaseSettings, read_secret: SecretReader | None = None) -> Connect:
+    """A function opening one autocommit PyMySQL connection; the password is looked up per
+    connection so that a rotated secret is picked up on reconnect."""
+
+    def password() -> str:
+        if settings.password is not None:
+            return settings.password
+        if settings.secret_arn is None or read_secret is None:
+            raise ValueError("no database password or secret configured")
+        return secret_password(read_secret, settings.secret_arn)
+
+    def connect() -> pymysql.connections.Connection[Any]:
+        return pymysql.connect(
+            host=settings.host,
+            port=settings.port,
+            user=settings.user,
+            password=password(),
+            database=settings.name,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=30,
+            write_timeout=30,
+        )
+
+    return connect

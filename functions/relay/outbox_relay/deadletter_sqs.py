@@ -1,0 +1,90 @@
+"""The dead-letter queue on Amazon SQS: the event and the reason, acknowledged per message."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .model import DeadLetter
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+# SQS's classic limit; a queue configured for up to 1 MiB can raise it (DLQ_MAX_MESSAGE_BYTES).
+DEFAULT_MAX_MESSAGE_BYTES = 262_144
+_BATCH = 10
+
+
+def dead_letter_body(letter: DeadLetter, max_bytes: int) -> str:
+    """The JSON message: enough to understand and redrive the event; the payload if it fits."""
+    record = letter.record
+    body: dict[str, Any] = {
+        "outbox_id": record.id,
+        "event_id": record.event_id,
+        "aggregate_type": record.aggregate_type,
+        "aggregate_id": record.aggregate_id,
+        "event_type": record.event_type,
+        "topic": letter.topic,
+        "attempts": record.attempts,
+        "reason": letter.reason,
+        "headers": record.headers,
+        "seq": record.seq,
+        "payload_bytes": len(record.payload),
+    }
+    try:
+        body["payload"] = record.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        body["payload_base64"] = base64.b64encode(record.payload).decode("ascii")
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    if len(text.encode()) <= max_bytes:
+        return text
+    body.pop("payload", None)
+    body.pop("payload_base64", None)
+    body["payload_omitted"] = "too large for the queue; the DEAD row keeps it"
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+class SqsDeadLetterSink:
+    """:class:`~outbox_relay.ports.DeadLetterSink` on one SQS queue (``DLQ_QUEUE_URL``)."""
+
+    def __init__(self, client: SQSClient, queue_url: str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.client = client
+        self.queue_url = queue_url
+        self.max_bytes = max_bytes
+
+    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+        bodies = [dead_letter_body(letter, self.max_bytes) for letter in letters]
+        results: list[str | None] = ["not sent"] * len(letters)
+        for batch in self._batches(bodies):
+            entries = [{"Id": str(i), "MessageBody": bodies[i]} for i in batch]
+            try:
+                response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)  # type: ignore[arg-type]
+            except (BotoCoreError, ClientError) as exc:
+                for i in batch:
+                    results[i] = str(exc).splitlines()[0][:300]
+                continue
+            for ok in response.get("Successful", []):
+                results[int(ok["Id"])] = None
+            for failed in response.get("Failed", []):
+                results[int(failed["Id"])] = f"{failed.get('Code')}: {failed.get('Message', '')}"[:300]
+        return results
+
+    def _batches(self, bodies: list[str]) -> list[list[int]]:
+        """Groups of ≤ 10 messages whose total stays within the queue's request limit."""
+        out: list[list[int]] = []
+        current: list[int] = []
+        size = 0
+        for i, body in enumerate(bodies):
+            n = len(body.encode())
+            if current and (len(current) == _BATCH or size + n > self.max_bytes):
+                out.append(current)
+                current, size = [], 0
+            current.append(i)
+            size += n
+        if current:
+            out.append(current)
+        return out

@@ -1,0 +1,59 @@
+"""The Lambda entry point: adapts the event and context to the relay core, nothing more.
+
+Handler: ``outbox_relay.handler.lambda_handler``.  Accepts an EventBridge scheduled event or a
+manual JSON payload of overrides (``batch_size``, ``max_events``, ``dry_run``) and returns the
+run's JSON summary.  A bad payload or configuration returns ``{"ok": false, "error": "<one
+line>"}`` having touched nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from aws_lambda_powertools import Logger, Metrics
+
+from .config import ConfigError, InvocationError, load_config, parse_invocation, with_overrides
+from .metrics_emf import EmfMetrics
+from .runtime import runtime_for
+
+SERVICE = "outbox-relay"
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE))
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OutboxRelay"))
+
+
+class Context(Protocol):
+    """What the relay uses of the Lambda context."""
+
+    aws_request_id: str
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+    return handle(event, context, os.environ)
+
+
+def handle(event: Any, context: Context, env: Mapping[str, str]) -> dict[str, Any]:
+    """Validate, then run the relay until drained or shortly before the context's deadline."""
+    try:
+        overrides = parse_invocation(event)
+        config = load_config(env)
+    except (InvocationError, ConfigError) as exc:
+        logger.error(str(exc))
+        metrics.add_metric(name="RunFailed", unit="Count", value=1)
+        return {"ok": False, "error": str(exc)}
+    settings = with_overrides(config.relay, overrides)
+    remaining = context.get_remaining_time_in_millis() / 1000.0
+    deadline = time.monotonic() + remaining - settings.stop_margin_seconds
+    relay = runtime_for(config).relay(settings, EmfMetrics(metrics), owner=context.aws_request_id)
+    summary = relay.run(deadline).as_dict()
+    if summary["ok"]:
+        logger.info("run finished", extra={"summary": summary})
+    else:
+        logger.error("run failed", extra={"summary": summary})
+    return summary

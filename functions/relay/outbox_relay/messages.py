@@ -1,0 +1,79 @@
+"""Turning an outbox row into a Kafka record (the message contract), or saying why it cannot be."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from .config import RelaySettings
+from .model import Message, OutboxRecord
+
+RESERVED_HEADERS = frozenset({"id", "event_type", "aggregate_type", "seq"})
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+class InvalidEvent(ValueError):
+    """The row can never be published as it is; the message is the dead-letter reason."""
+
+
+def topic_for(record: OutboxRecord, template: str) -> str:
+    """The row's explicit ``topic``, else the template (default ``outbox.event.{aggregate_type}``)."""
+    if record.topic:
+        return record.topic
+    return template.format(aggregate_type=record.aggregate_type, event_type=record.event_type)
+
+
+def encode(record: OutboxRecord, settings: RelaySettings) -> Message:
+    """Build the Kafka record: key = aggregate_id, value = payload bytes as stored, headers
+    ``id``, ``event_type``, ``aggregate_type`` (+ ``seq`` and the row's own headers).
+
+    Raises :class:`InvalidEvent` for anything Kafka would reject or consumers could not read.
+    """
+    topic = topic_for(record, settings.topic_template)
+    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+        raise InvalidEvent(f"topic {topic[:300]!r} is not a legal Kafka topic name")
+    size = len(record.payload)
+    if size > settings.max_message_bytes:
+        raise InvalidEvent(f"payload is {size} bytes, over the {settings.max_message_bytes}-byte limit")
+    if settings.require_json:
+        try:
+            json.loads(record.payload)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise InvalidEvent(f"payload is not valid JSON: {_first_line(exc)}") from None
+    headers = [
+        ("id", record.event_id.encode()),
+        ("event_type", record.event_type.encode()),
+        ("aggregate_type", record.aggregate_type.encode()),
+    ]
+    if record.seq is not None:
+        headers.append(("seq", str(record.seq).encode()))
+    if record.headers:
+        headers.extend(_extra_headers(record.headers))
+    return Message(
+        record_id=record.id,
+        topic=topic,
+        key=record.aggregate_id.encode(),
+        value=record.payload,
+        headers=headers,
+    )
+
+
+def _extra_headers(raw: str) -> list[tuple[str, bytes]]:
+    try:
+        parsed = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidEvent(f"headers column is not valid JSON: {_first_line(exc)}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidEvent("headers column must be a JSON object of string values")
+    out: list[tuple[str, bytes]] = []
+    for name, value in parsed.items():
+        if name in RESERVED_HEADERS:
+            raise InvalidEvent(f"headers column may not set the reserved header {name!r}")
+        if not isinstance(value, str):
+            raise InvalidEvent(f"header {name!r} must be a string, got {type(value).__name__}")
+        out.append((name, value.encode()))
+    return out
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

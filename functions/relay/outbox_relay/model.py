@@ -1,0 +1,144 @@
+"""Value types shared by the relay core and its adapters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+AggregateKey = tuple[str, str]
+"""(aggregate_type, aggregate_id): the unit of ordering."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One pending outbox row, as read by the relay."""
+
+    id: int
+    event_id: str
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: bytes
+    topic: str | None
+    headers: str | None
+    seq: int | None
+    attempts: int
+    shard: int
+    due: bool
+
+    @property
+    def key(self) -> AggregateKey:
+        return (self.aggregate_type, self.aggregate_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A Kafka record built from an outbox row."""
+
+    record_id: int
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class Delivery(enum.Enum):
+    """How one send ended, and what it means for the row."""
+
+    DELIVERED = "delivered"  # acknowledged by Kafka (acks=all): the row may be marked published
+    RETRY = "retry"  # this row's own problem that may pass (unknown topic, authorization): attempt+1
+    REJECTED = "rejected"  # permanent for this row (too large, invalid): dead-letter it now
+    UNAVAILABLE = "unavailable"  # Kafka itself is down or slow: nobody's fault, no attempt, stop the run
+    NOT_SENT = "not_sent"  # skipped to keep order or by a cap: untouched, no attempt
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    delivery: Delivery
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    record_id: int
+    delay_seconds: float
+    error: str
+    charge_attempt: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """What goes to the dead-letter queue: the event and why it could not be published."""
+
+    record: OutboxRecord
+    reason: str
+    topic: str | None
+
+
+@dataclass(slots=True)
+class FinalizePlan:
+    """The writes of one fenced finalize transaction."""
+
+    published: list[int] = field(default_factory=list)
+    retries: list[RetryDecision] = field(default_factory=list)
+    dead: list[tuple[int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.published or self.retries or self.dead)
+
+
+@dataclass(frozen=True, slots=True)
+class FinalizeResult:
+    published: int
+    retried: int
+    dead: int
+    lost_shards: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingStats:
+    pending: int
+    oldest_pending_age_seconds: float
+
+
+@dataclass(slots=True)
+class Summary:
+    """What one relay run did; the handler returns it as JSON."""
+
+    published: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    pending: int = 0
+    oldest_pending_age_seconds: float = 0.0
+    passes: int = 0
+    shards: int = 0
+    lease_lost: int = 0
+    stopped_by: str = "drained"
+    error: str | None = None
+    dry_run: bool = False
+    would_publish: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ok": self.ok,
+            "published": self.published,
+            "retried": self.retried,
+            "dead_lettered": self.dead_lettered,
+            "pending": self.pending,
+            "oldest_pending_age_seconds": round(self.oldest_pending_age_seconds, 3),
+            "passes": self.passes,
+            "shards": self.shards,
+            "lease_lost": self.lease_lost,
+            "stopped_by": self.stopped_by,
+        }
+        if self.dry_run:
+            out["dry_run"] = True
+            out["would_publish"] = self.would_publish
+        if self.error is not None:
+            out["error"] = self.error
+        return out

@@ -1,0 +1,87 @@
+"""Per-aggregate ordering: the head-of-line rule and the contiguous-prefix rule.
+
+Pure functions over rows in id order; the relay core feeds them and acts on what they return.
+
+* **Head-of-line (per aggregate only).** A row is sent only if every earlier pending row of its
+  aggregate is being sent before it in the same pass.  A row in backoff blocks its aggregate, and
+  nothing else; an invalid row ends its aggregate's run in this pass (it is dead-lettered first).
+* **Contiguous prefix.** After Kafka answers, an aggregate's rows are marked published only up to
+  its first row that was not delivered.  That row alone is charged (retry or dead letter); later
+  rows stay pending untouched and are sent again after it, so the *last* copy of every event in
+  Kafka is in outbox order even when Kafka delivered a later one first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .messages import InvalidEvent
+from .model import AggregateKey, Delivery, Message, OutboxRecord, SendResult
+
+
+@dataclass(slots=True)
+class Selection:
+    """What one pass may send, and what it must dead-letter without sending."""
+
+    sendable: list[tuple[OutboxRecord, Message]] = field(default_factory=list)
+    invalid: list[tuple[OutboxRecord, str]] = field(default_factory=list)
+
+
+def select(
+    records: Iterable[OutboxRecord],
+    blocked: set[AggregateKey],
+    encode: Callable[[OutboxRecord], Message],
+    limit: int | None = None,
+) -> Selection:
+    """Apply the head-of-line rule to ``records`` (id order per aggregate).
+
+    ``blocked`` holds aggregates that already have an earlier unsent pending row; it is extended
+    in place.  At most ``limit`` rows are selected; the rest are left for a later pass.
+    """
+    out = Selection()
+    for record in records:
+        if record.key in blocked:
+            continue
+        if not record.due:
+            blocked.add(record.key)
+            continue
+        if limit is not None and len(out.sendable) + len(out.invalid) >= limit:
+            blocked.add(record.key)
+            continue
+        try:
+            out.sendable.append((record, encode(record)))
+        except InvalidEvent as exc:
+            out.invalid.append((record, str(exc)))
+            blocked.add(record.key)
+    return out
+
+
+@dataclass(slots=True)
+class Settlement:
+    """The outcome of one pass, per the contiguous-prefix rule."""
+
+    published: list[OutboxRecord] = field(default_factory=list)
+    retry: list[tuple[OutboxRecord, str]] = field(default_factory=list)
+    rejected: list[tuple[OutboxRecord, str]] = field(default_factory=list)
+    unavailable: str | None = None
+
+
+def settle(sent: Sequence[tuple[OutboxRecord, SendResult]]) -> Settlement:
+    """Decide each sent row's fate from Kafka's answers (rows in send order, id order per key)."""
+    out = Settlement()
+    stopped: set[AggregateKey] = set()
+    for record, result in sent:
+        if result.delivery is Delivery.UNAVAILABLE and out.unavailable is None:
+            out.unavailable = result.error
+        if record.key in stopped:
+            continue
+        if result.delivery is Delivery.DELIVERED:
+            out.published.append(record)
+            continue
+        stopped.add(record.key)
+        if result.delivery is Delivery.RETRY:
+            out.retry.append((record, result.error))
+        elif result.delivery is Delivery.REJECTED:
+            out.rejected.append((record, result.error))
+    return out

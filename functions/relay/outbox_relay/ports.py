@@ -1,0 +1,113 @@
+"""The small interfaces the relay core talks to.  Adapters: MySQL, kafka-python, SQS, Powertools."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from .model import (
+    AggregateKey,
+    DeadLetter,
+    FinalizePlan,
+    FinalizeResult,
+    Message,
+    OutboxRecord,
+    PendingStats,
+    SendResult,
+)
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or kept failing; nothing was half-applied."""
+
+
+class OutboxStore(Protocol):
+    """The outbox table and its shard leases.  All times are decided by the database clock."""
+
+    def acquire_shards(self, token: bytes, owner: str, lease_seconds: float) -> list[int]:
+        """Lease every free shard it can (compare-and-set each); returns the shards now owned."""
+        ...
+
+    def read_heads(self, cursors: Mapping[int, int], limit: int) -> list[OutboxRecord]:
+        """Up to ``limit`` pending rows per shard with id above the shard's cursor, in id order."""
+        ...
+
+    def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
+        """Aggregates of ``shard`` that still have a pending row with id ≤ ``max_id``."""
+        ...
+
+    def finalize(
+        self, token: bytes, shards: Sequence[int], plan: FinalizePlan, lease_seconds: float
+    ) -> FinalizeResult:
+        """Apply ``plan`` for the shards still leased by ``token``, and renew them, atomically.
+
+        Rows of shards whose lease was lost are left alone and reported in ``lost_shards``.
+        """
+        ...
+
+    def release(self, token: bytes, shards: Sequence[int], grace_seconds: float) -> None:
+        """Give shards back; nobody can take them for ``grace_seconds``."""
+        ...
+
+    def pending_stats(self) -> PendingStats: ...
+
+    def shard_ids(self) -> list[int]:
+        """Every shard of the outbox, leased or not."""
+        ...
+
+
+class Publisher(Protocol):
+    """Sends messages to Kafka and waits for the acknowledgements."""
+
+    def publish(self, messages: Sequence[Message], deadline: float) -> list[SendResult]:
+        """Send all, flush once, and return one result per message, in order.
+
+        Blocks until every send completed or ``deadline`` (monotonic seconds) is reached.
+        """
+        ...
+
+    @property
+    def in_doubt(self) -> bool:
+        """True when records may still reach the broker after ``publish`` returned (timed out)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    """The dead-letter queue."""
+
+    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+        """Send each letter; per letter ``None`` once acknowledged, else the error text."""
+        ...
+
+
+class Metrics(Protocol):
+    def count(self, name: str, value: float) -> None: ...
+
+    def gauge(self, name: str, value: float, unit: str) -> None: ...
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The process's monotonic clock: only ever used for durations, never for leases."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
+
+
+class NullMetrics:
+    def count(self, name: str, value: float) -> None:
+        pass
+
+    def gauge(self, name: str, value: float, unit: str) -> None:
+        pass

@@ -1,0 +1,281 @@
+"""Publishing with kafka-python 3.x: idempotent producer, acks=all, one flush per batch.
+
+Classifies every send into a :class:`~outbox_relay.model.Delivery`:
+
+* broker down, slow, or timing out → ``UNAVAILABLE`` (never charged to a row);
+* unknown topic / topic not authorized while the cluster answers → ``RETRY`` (the row's problem);
+* too large / invalid record → ``REJECTED`` (dead letter).
+
+A non-retriable broker error puts kafka-python's idempotent producer into a fatal state that
+fails every other pending batch with the same exception, so the culprit cannot be told apart.
+The publisher then drops the producer and re-sends the failed records one by one on a fresh one
+(capped), which finds the culprit and delivers the bystanders.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka import errors as kafka_errors
+
+from .config import KafkaSettings
+from .model import AggregateKey, Delivery, Message, SendResult
+
+log = logging.getLogger("outbox_relay")
+
+# Records re-sent one at a time after a fatal producer error, per publish call.
+ISOLATION_CAP = 20
+_POISON = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidRecordError,
+    kafka_errors.CorruptRecordError,
+)
+_TOPIC_PROBLEMS = (kafka_errors.TopicAuthorizationFailedError, kafka_errors.UnknownTopicOrPartitionError)
+
+ProducerFactory = Callable[..., Any]
+
+
+def producer_config(settings: KafkaSettings, bootstrap_timeout_ms: int) -> dict[str, Any]:
+    """kafka-python settings.  Idempotence is set explicitly so that a conflicting option raises
+    instead of silently turning it off."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": list(settings.bootstrap_servers),
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+        "enable_idempotence": True,
+        "acks": "all",
+        "max_in_flight_requests_per_connection": 5,
+        "linger_ms": settings.linger_ms,
+        "batch_size": settings.batch_bytes,
+        "compression_type": None if settings.compression_type == "none" else settings.compression_type,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "delivery_timeout_ms": settings.delivery_timeout_ms,
+        "max_block_ms": settings.max_block_ms,
+        "max_request_size": settings.max_request_bytes,
+        "allow_auto_create_topics": False,
+        "bootstrap_timeout_ms": bootstrap_timeout_ms,
+        "reconnect_backoff_max_ms": 1000,
+    }
+    return config
+
+
+class KafkaPublisher:
+    """:class:`~outbox_relay.ports.Publisher` over one lazily created, reused KafkaProducer."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        factory: ProducerFactory = KafkaProducer,
+        extra_config: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._factory = factory
+        self._extra_config = extra_config
+        self._producer: Any = None
+        self._in_doubt = False
+
+    @property
+    def in_doubt(self) -> bool:
+        return self._in_doubt
+
+    def close(self) -> None:
+        """Flush briefly and close; used when the process is done with Kafka."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=1)
+            except Exception:  # closing must never fail a run
+                log.debug("producer close failed", exc_info=True)
+
+    def _discard(self) -> None:
+        """Drop the producer without waiting: its buffers are abandoned, not frozen for later."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=0)
+        except kafka_errors.KafkaTimeoutError:
+            # kafka-python 3.0.12's close() flushes first and raises when that times out, before
+            # it stops the sender thread; stop it ourselves so nothing is sent later.
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+        except Exception:
+            log.debug("producer discard failed", exc_info=True)
+
+    def _ensure(self, deadline: float) -> Any:
+        if self._producer is None:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 100:
+                raise _Unavailable("no time left to connect to Kafka")
+            config = producer_config(self.settings, min(self.settings.max_block_ms, left_ms))
+            if self._extra_config is not None:
+                config.update(self._extra_config())
+            try:
+                self._producer = self._factory(**config)
+            except kafka_errors.KafkaError as exc:
+                raise _Unavailable(f"cannot connect: {_describe(exc)}") from exc
+        return self._producer
+
+    def publish(self, messages: Sequence[Message], deadline: float) -> list[SendResult]:
+        self._in_doubt = False
+        if not messages:
+            return []
+        try:
+            producer = self._ensure(deadline)
+        except _Unavailable as exc:
+            return [SendResult(Delivery.UNAVAILABLE, str(exc))] * len(messages)
+        results, futures = self._send_all(producer, messages, deadline)
+        if futures and self._producer is producer:
+            self._flush(producer, deadline)
+        poisoned: list[int] = []
+        for index, future in futures:
+            if not future.is_done:
+                results[index] = SendResult(Delivery.UNAVAILABLE, "no acknowledgement before the deadline")
+            elif future.exception is None:
+                results[index] = SendResult(Delivery.DELIVERED)
+            else:
+                result = _classify(future.exception)
+                results[index] = result
+                if not getattr(future.exception, "retriable", False):
+                    poisoned.append(index)
+        if poisoned:
+            # The producer may be in a fatal state: replace it and find the culprit alone.
+            self._discard()
+            self._isolate(messages, results, poisoned, deadline)
+        return [r if r is not None else SendResult(Delivery.NOT_SENT) for r in results]
+
+    def _send_all(
+        self, producer: Any, messages: Sequence[Message], deadline: float
+    ) -> tuple[list[SendResult | None], list[tuple[int, Any]]]:
+        results: list[SendResult | None] = [None] * len(messages)
+        futures: list[tuple[int, Any]] = []
+        topic_errors: dict[str, str] = {}
+        outage: str | None = None
+        for index, message in enumerate(messages):
+            if outage is not None:
+                results[index] = SendResult(Delivery.UNAVAILABLE, outage)
+                continue
+            if message.topic in topic_errors:
+                results[index] = SendResult(Delivery.RETRY, topic_errors[message.topic])
+                continue
+            # send() blocks for topic metadata up to max_block_ms: never past our deadline.
+            producer.config["max_block_ms"] = max(
+                1, min(self.settings.max_block_ms, int((deadline - time.monotonic()) * 1000))
+            )
+            started = time.monotonic()
+            try:
+                future = producer.send(
+                    message.topic, value=message.value, key=message.key, headers=message.headers
+                )
+            except kafka_errors.KafkaTimeoutError as exc:
+                if _cluster_answered_since(producer, started):
+                    error = f"topic {message.topic!r} does not exist or has no leader"
+                    topic_errors[message.topic] = error
+                    results[index] = SendResult(Delivery.RETRY, error)
+                else:
+                    outage = f"no metadata from the cluster: {_describe(exc)}"
+                    results[index] = SendResult(Delivery.UNAVAILABLE, outage)
+                continue
+            except _TOPIC_PROBLEMS as exc:
+                topic_errors[message.topic] = _describe(exc)
+                results[index] = SendResult(Delivery.RETRY, topic_errors[message.topic])
+                continue
+            except _POISON as exc:
+                results[index] = SendResult(Delivery.REJECTED, _describe(exc))
+                continue
+            except (TypeError, ValueError) as exc:
+                results[index] = SendResult(Delivery.REJECTED, _describe(exc))
+                continue
+            except kafka_errors.KafkaError as exc:
+                outage = _describe(exc)
+                results[index] = SendResult(Delivery.UNAVAILABLE, outage)
+                self._in_doubt = bool(futures)  # earlier sends may still be on the wire
+                self._discard()
+                break
+            futures.append((index, future))
+        if outage is not None:
+            for index in range(len(messages)):
+                if results[index] is None and all(i != index for i, _ in futures):
+                    results[index] = SendResult(Delivery.UNAVAILABLE, outage)
+        return results, futures
+
+    def _flush(self, producer: Any, deadline: float) -> None:
+        try:
+            producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+        except kafka_errors.KafkaTimeoutError:
+            # Records may still reach the broker after we return: the caller keeps the
+            # shards fenced for a grace period, and this producer never sends again.
+            self._in_doubt = True
+            self._discard()
+
+    def _isolate(
+        self,
+        messages: Sequence[Message],
+        results: list[SendResult | None],
+        poisoned: list[int],
+        deadline: float,
+    ) -> None:
+        failed_keys: set[AggregateKey] = set()
+        for n, index in enumerate(poisoned):
+            message = messages[index]
+            key = (message.topic, message.key.decode(errors="replace"))
+            if key in failed_keys or n >= ISOLATION_CAP:
+                results[index] = SendResult(Delivery.NOT_SENT)
+                continue
+            try:
+                producer = self._ensure(deadline)
+                future = producer.send(
+                    message.topic, value=message.value, key=message.key, headers=message.headers
+                )
+                self._flush(producer, deadline)
+            except _Unavailable as exc:
+                results[index] = SendResult(Delivery.UNAVAILABLE, str(exc))
+                failed_keys.add(key)
+                continue
+            except kafka_errors.KafkaError as exc:
+                results[index] = _classify(exc)
+                failed_keys.add(key)
+                self._discard()
+                continue
+            if not future.is_done:
+                results[index] = SendResult(Delivery.UNAVAILABLE, "no acknowledgement before the deadline")
+            elif future.exception is None:
+                results[index] = SendResult(Delivery.DELIVERED)
+            else:
+                results[index] = _classify(future.exception)
+                self._discard()
+            if results[index] != SendResult(Delivery.DELIVERED):
+                failed_keys.add(key)
+        rejected = sum(1 for i in poisoned if (r := results[i]) and r.delivery is Delivery.REJECTED)
+        log.info("isolated a fatal produce error", extra={"records": len(poisoned), "rejected": rejected})
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _classify(exc: BaseException) -> SendResult:
+    if isinstance(exc, _POISON):
+        return SendResult(Delivery.REJECTED, _describe(exc))
+    if isinstance(exc, _TOPIC_PROBLEMS):
+        return SendResult(Delivery.RETRY, _describe(exc))
+    return SendResult(Delivery.UNAVAILABLE, _describe(exc))
+
+
+def _cluster_answered_since(producer: Any, started: float) -> bool:
+    """Did a metadata refresh succeed while send() waited?  Then the brokers are up and only this
+    topic is missing.  (kafka-python keeps this on its cluster object; monotonic ms.)"""
+    last_ok = getattr(getattr(producer, "_metadata", None), "_last_successful_refresh_ms", 0) or 0
+    return bool(last_ok / 1000.0 >= started)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    name = type(exc).__name__
+    return f"{name}: {text}"[:500] if text else name

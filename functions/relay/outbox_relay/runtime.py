@@ -1,0 +1,68 @@
+"""Wiring: the adapters for one configuration, built once per process and reused while warm."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities import parameters
+
+from .config import Config, RelaySettings
+from .db import connector
+from .deadletter_sqs import SqsDeadLetterSink
+from .ports import Metrics, SystemClock
+from .publisher_kafka import KafkaPublisher
+from .relay import Relay
+from .sql import OutboxSql
+from .store_mysql import MySQLOutboxStore
+
+
+def _read_secret(arn: str) -> str:
+    # Powertools caches the value for 5 minutes across warm invocations.
+    value: Any = parameters.get_secret(arn, max_age=300)
+    return value if isinstance(value, str) else bytes(value).decode()
+
+
+class Runtime:
+    """Store, publisher and dead-letter sink of one process (connections stay open)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        db = config.database
+        self.store = MySQLOutboxStore(
+            connector(db, _read_secret), OutboxSql(db.table), db.lock_wait_timeout_seconds
+        )
+        self.publisher = KafkaPublisher(config.kafka)
+        # AWS_ENDPOINT_URL (boto3's own setting) points this at moto locally.
+        self.dead_letters = SqsDeadLetterSink(boto3.client("sqs"), config.dlq_queue_url)
+
+    def relay(self, settings: RelaySettings, metrics: Metrics, owner: str) -> Relay:
+        self.store.check()
+        return Relay(
+            self.store,
+            self.publisher,
+            self.dead_letters,
+            metrics,
+            SystemClock(),
+            settings,
+            owner,
+            random.Random(),
+        )
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.store.close()
+
+
+_current: Runtime | None = None
+
+
+def runtime_for(config: Config) -> Runtime:
+    """The cached runtime, rebuilt when the configuration changed."""
+    global _current  # noqa: PLW0603 - one runtime per Lambda execution environment
+    if _current is None or _current.config != config:
+        if _current is not None:
+            _current.close()
+        _current = Runtime(config)
+    return _current

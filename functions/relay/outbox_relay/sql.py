@@ -1,0 +1,192 @@
+"""Every SQL statement the relay runs, in one place.
+
+Portable between MySQL 8.0 / Aurora MySQL 3 and MariaDB 10.11: no RETURNING, no same-table
+subqueries in UPDATE/DELETE, no JSON type or operators, no SKIP LOCKED/NOWAIT, no `FOR SHARE`.
+Every absolute time comes from the database clock (``UTC_TIMESTAMP(6)``); Python only ever
+passes durations, in microseconds.  Placeholders are PyMySQL's ``%s``; ``{...}`` are identifiers
+that :class:`OutboxSql` validated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
+
+# Sessions run at READ COMMITTED: no gap locks, so the relay never blocks the application's
+# INSERTs into the outbox, and MySQL and MariaDB lock alike.  UTC so DATETIMEs mean one thing.
+SESSION_SETUP = (
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SET SESSION time_zone = '+00:00'",
+    "SET SESSION innodb_lock_wait_timeout = %s",
+)
+
+ROW_COLUMNS = (
+    "id, event_id, aggregate_type, aggregate_id, event_type, payload, topic, headers, seq, attempts, shard"
+)
+
+
+def valid_identifier(name: str) -> bool:
+    """True when ``name`` can be used as the outbox table name (letters, digits, ``_``; ≤ 48)."""
+    return _IDENTIFIER.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class OutboxSql:
+    """The statements for one outbox table (``table``) and its lease table (``table_shard``)."""
+
+    table: str = "outbox"
+
+    def __post_init__(self) -> None:
+        if not valid_identifier(self.table):
+            raise ValueError(f"invalid table name {self.table!r}")
+
+    @property
+    def shard_table(self) -> str:
+        return f"{self.table}_shard"
+
+    @property
+    def migrations_table(self) -> str:
+        return f"{self.table}_migrations"
+
+    # --- shard leases ---------------------------------------------------------------------
+
+    @property
+    def free_shards(self) -> str:
+        return f"SELECT shard FROM `{self.shard_table}` WHERE lease_until <= UTC_TIMESTAMP(6) ORDER BY shard"
+
+    @property
+    def all_shards(self) -> str:
+        return f"SELECT shard FROM `{self.shard_table}` ORDER BY shard"
+
+    @property
+    def acquire_shard(self) -> str:
+        """Compare-and-set: affected rows = 1 means this invocation now owns the shard."""
+        return (
+            f"UPDATE `{self.shard_table}` SET lease_token = %s, lease_owner = %s, fence = fence + 1,"
+            " lease_until = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND"
+            " WHERE shard = %s AND lease_until <= UTC_TIMESTAMP(6)"
+        )
+
+    @property
+    def owned_shards(self) -> str:
+        return f"SELECT shard FROM `{self.shard_table}` WHERE lease_token = %s ORDER BY shard"
+
+    def lock_shards(self, count: int) -> str:
+        """The fence: lock our shard rows (in shard order, so finalizers never deadlock)."""
+        return (
+            f"SELECT shard, lease_token FROM `{self.shard_table}`"
+            f" WHERE shard IN ({_marks(count)}) ORDER BY shard FOR UPDATE"
+        )
+
+    def renew_shards(self, count: int) -> str:
+        return (
+            f"UPDATE `{self.shard_table}` SET lease_until = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND"
+            f" WHERE lease_token = %s AND shard IN ({_marks(count)})"
+        )
+
+    def release_shards(self, count: int) -> str:
+        """Give shards back; ``%s`` grace keeps them unclaimable while sends may still land."""
+        return (
+            f"UPDATE `{self.shard_table}` SET lease_token = NULL, lease_owner = NULL,"
+            " lease_until = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND"
+            f" WHERE lease_token = %s AND shard IN ({_marks(count)})"
+        )
+
+    # --- reading the pending head ---------------------------------------------------------
+
+    def read_heads(self, shards: int) -> str:
+        """Each shard's pending rows after a cursor, in id order: one index range scan per shard.
+
+        Parameters per shard: shard, after_id, limit.  ``due`` says whether backoff has passed.
+        """
+        part = (
+            f"(SELECT {ROW_COLUMNS}, available_at <= UTC_TIMESTAMP(6) AS due FROM `{self.table}`"
+            " WHERE shard = %s AND status = 'PENDING' AND id > %s ORDER BY id LIMIT %s)"
+        )
+        return " UNION ALL ".join([part] * shards)
+
+    @property
+    def pending_keys_up_to(self) -> str:
+        """Aggregates with a pending row at or below a cursor (they block later rows)."""
+        return (
+            f"SELECT DISTINCT aggregate_type, aggregate_id FROM `{self.table}`"
+            " WHERE shard = %s AND status = 'PENDING' AND id <= %s"
+        )
+
+    # --- the fenced finalize (one transaction, after lock_shards) -------------------------
+
+    # Every write names the shards still leased (checked under lock just before), so rows of a
+    # shard another invocation took over are never touched.  The status guard makes a re-run
+    # after an ambiguous COMMIT change nothing.
+
+    def mark_published(self, ids: int, shards: int) -> str:
+        """Parameters: ids, then shards."""
+        return (
+            f"UPDATE `{self.table}` SET status = 'PUBLISHED', published_at = UTC_TIMESTAMP(6),"
+            f" last_error = NULL WHERE status = 'PENDING' AND id IN ({_marks(ids)})"
+            f" AND shard IN ({_marks(shards)})"
+        )
+
+    def schedule_retry(self, shards: int) -> str:
+        """Parameters: attempts increment (0 or 1), delay µs, error, id, then shards."""
+        return (
+            f"UPDATE `{self.table}` SET attempts = attempts + %s,"
+            " available_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND, last_error = %s"
+            f" WHERE status = 'PENDING' AND id = %s AND shard IN ({_marks(shards)})"
+        )
+
+    def mark_dead(self, shards: int) -> str:
+        """Parameters: error, id, then shards.  Only after the dead-letter queue acknowledged."""
+        return (
+            f"UPDATE `{self.table}` SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6), last_error = %s"
+            f" WHERE status = 'PENDING' AND id = %s AND shard IN ({_marks(shards)})"
+        )
+
+    # --- lag ------------------------------------------------------------------------------
+
+    def pending_stats(self, shards: int) -> str:
+        """Pending count and lowest pending id, from the shard index alone."""
+        return (
+            f"SELECT COUNT(*), MIN(id) FROM `{self.table}`"
+            f" WHERE status = 'PENDING' AND shard IN ({_marks(shards)})"
+        )
+
+    @property
+    def age_of(self) -> str:
+        return (
+            "SELECT GREATEST(TIMESTAMPDIFF(MICROSECOND, created_at, UTC_TIMESTAMP(6)), 0)"
+            f" FROM `{self.table}` WHERE id = %s"
+        )
+
+    # --- migrations -----------------------------------------------------------------------
+
+    @property
+    def create_migrations_table(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS `{self.migrations_table}` ("
+            " version INT UNSIGNED NOT NULL PRIMARY KEY,"
+            " name VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,"
+            " checksum CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,"
+            " applied_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))"
+            ") ENGINE = InnoDB"
+        )
+
+    @property
+    def applied_migrations(self) -> str:
+        return f"SELECT version, name, checksum FROM `{self.migrations_table}` ORDER BY version"
+
+    @property
+    def record_migration(self) -> str:
+        return f"INSERT INTO `{self.migrations_table}` (version, name, checksum) VALUES (%s, %s, %s)"
+
+    def rename_tables(self, ddl: str) -> str:
+        """Point a migration written for `outbox` / `outbox_shard` at this table's names."""
+        return ddl.replace("`outbox_shard`", f"`{self.shard_table}`").replace("`outbox`", f"`{self.table}`")
+
+
+def _marks(count: int) -> str:
+    if count < 1:
+        raise ValueError("an IN list needs at least one value")
+    return ", ".join(["%s"] * count)

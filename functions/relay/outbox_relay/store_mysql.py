@@ -1,0 +1,257 @@
+"""The outbox store on MySQL / Aurora MySQL / MariaDB, with PyMySQL.
+
+Autocommit for reads and single compare-and-set statements; one explicit short transaction for
+the fenced finalize.  Never holds a transaction open across a Kafka call.  Deadlocks, lock-wait
+timeouts and lost connections are retried (every write is idempotent); anything else, or too many
+failures, becomes :class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias, TypeVar
+
+import pymysql
+import pymysql.cursors
+
+from .model import AggregateKey, FinalizePlan, FinalizeResult, OutboxRecord, PendingStats
+from .ports import StoreUnavailable
+from .sql import SESSION_SETUP, OutboxSql
+
+log = logging.getLogger("outbox_relay")
+T = TypeVar("T")
+
+DEADLOCK, LOCK_WAIT_TIMEOUT = 1213, 1205
+# Server gone / lost during query / can't connect / lost (various) / server shutdown.
+CONNECTION_LOST = frozenset({2003, 2006, 2013, 2014, 2055, 1053, 1927, 4031})
+RETRIES = 4
+
+Connect: TypeAlias = "Callable[[], pymysql.connections.Connection[Any]]"
+
+
+def _micros(seconds: float) -> int:
+    return max(0, round(seconds * 1_000_000))
+
+
+class MySQLOutboxStore:
+    """:class:`~outbox_relay.ports.OutboxStore` on one PyMySQL connection (not thread-safe)."""
+
+    def __init__(self, connect: Connect, sql: OutboxSql, lock_wait_timeout_seconds: int = 5) -> None:
+        self._connect = connect
+        self.sql = sql
+        self._lock_wait = lock_wait_timeout_seconds
+        self._conn: pymysql.connections.Connection[Any] | None = None
+        self._shards: list[int] | None = None
+
+    # --- connection handling ------------------------------------------------------------
+
+    def _connection(self) -> pymysql.connections.Connection[Any]:
+        if self._conn is None:
+            conn = self._connect()
+            with conn.cursor() as cur:
+                cur.execute(SESSION_SETUP[0])
+                cur.execute(SESSION_SETUP[1])
+                cur.execute(SESSION_SETUP[2], (self._lock_wait,))
+            self._conn = conn
+        return self._conn
+
+    def check(self) -> None:
+        """Ping a warm connection at the start of an invocation; drop it if it went stale."""
+        if self._conn is None:
+            return
+        try:
+            self._conn.ping(reconnect=False)
+        except pymysql.err.Error:
+            self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(pymysql.err.Error):
+                conn.close()
+
+    def _retrying(self, work: Callable[[pymysql.connections.Connection[Any]], T], what: str) -> T:
+        last: Exception | None = None
+        for attempt in range(RETRIES):
+            try:
+                return work(self._connection())
+            except (pymysql.err.OperationalError, pymysql.err.InternalError) as exc:
+                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+                last = exc
+                if code in (DEADLOCK, LOCK_WAIT_TIMEOUT):
+                    self._rollback()
+                elif code in CONNECTION_LOST or code == 0:
+                    self.close()
+                else:
+                    self._rollback()
+                    raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
+            except (pymysql.err.InterfaceError, ConnectionError, OSError) as exc:
+                last = exc
+                self.close()
+            log.warning(
+                "database retry", extra={"operation": what, "attempt": attempt + 1, "error": _describe(last)}
+            )
+            time.sleep(random.uniform(0.0, 0.05 * 2**attempt))
+        raise StoreUnavailable(f"{what}: {_describe(last)}")
+
+    def _rollback(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            except pymysql.err.Error:
+                self.close()
+
+    # --- shard leases -------------------------------------------------------------------
+
+    def shard_ids(self) -> list[int]:
+        if self._shards is None:
+
+            def work(conn: pymysql.connections.Connection[Any]) -> list[int]:
+                with conn.cursor() as cur:
+                    cur.execute(self.sql.all_shards)
+                    return [int(row[0]) for row in cur.fetchall()]
+
+            self._shards = self._retrying(work, "list shards")
+        return self._shards
+
+    def acquire_shards(self, token: bytes, owner: str, lease_seconds: float) -> list[int]:
+        def work(conn: pymysql.connections.Connection[Any]) -> list[int]:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.free_shards)
+                free = [int(row[0]) for row in cur.fetchall()]
+                random.shuffle(free)  # concurrent invocations spread over the shards
+                for shard in free:
+                    cur.execute(self.sql.acquire_shard, (token, owner, _micros(lease_seconds), shard))
+                # Authoritative even when an acquire's outcome was lost with the connection.
+                cur.execute(self.sql.owned_shards, (token,))
+                return [int(row[0]) for row in cur.fetchall()]
+
+        return self._retrying(work, "acquire shards")
+
+    def release(self, token: bytes, shards: Sequence[int], grace_seconds: float) -> None:
+        if not shards:
+            return
+
+        def work(conn: pymysql.connections.Connection[Any]) -> None:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.release_shards(len(shards)), (_micros(grace_seconds), token, *shards))
+
+        self._retrying(work, "release shards")
+
+    # --- reading ------------------------------------------------------------------------
+
+    def read_heads(self, cursors: Mapping[int, int], limit: int) -> list[OutboxRecord]:
+        if not cursors:
+            return []
+        params: list[int] = []
+        for shard, after in cursors.items():
+            params += (shard, after, limit)
+
+        def work(conn: pymysql.connections.Connection[Any]) -> list[OutboxRecord]:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.read_heads(len(cursors)), params)
+                rows = cur.fetchall()
+            return [
+                OutboxRecord(
+                    id=int(r[0]),
+                    event_id=r[1],
+                    aggregate_type=r[2],
+                    aggregate_id=r[3],
+                    event_type=r[4],
+                    payload=bytes(r[5]),
+                    topic=r[6],
+                    headers=r[7],
+                    seq=r[8],
+                    attempts=int(r[9]),
+                    shard=int(r[10]),
+                    due=bool(r[11]),
+                )
+                for r in sorted(rows, key=lambda r: (r[10], r[0]))
+            ]
+
+        return self._retrying(work, "read pending rows")
+
+    def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
+        def work(conn: pymysql.connections.Connection[Any]) -> set[AggregateKey]:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.pending_keys_up_to, (shard, max_id))
+                return {(str(r[0]), str(r[1])) for r in cur.fetchall()}
+
+        return self._retrying(work, "read blocked aggregates")
+
+    def pending_stats(self) -> PendingStats:
+        shards = self.shard_ids()
+
+        def work(conn: pymysql.connections.Connection[Any]) -> PendingStats:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.pending_stats(len(shards)), shards)
+                count, first = cur.fetchone() or (0, None)
+                age = 0.0
+                if first is not None:
+                    cur.execute(self.sql.age_of, (first,))
+                    row = cur.fetchone()
+                    age = int(row[0]) / 1_000_000 if row and row[0] is not None else 0.0
+                return PendingStats(int(count), age)
+
+        return self._retrying(work, "read pending stats")
+
+    # --- the fenced finalize ------------------------------------------------------------
+
+    def finalize(
+        self, token: bytes, shards: Sequence[int], plan: FinalizePlan, lease_seconds: float
+    ) -> FinalizeResult:
+        if not shards:
+            return FinalizeResult(0, 0, 0, frozenset())
+
+        def work(conn: pymysql.connections.Connection[Any]) -> FinalizeResult:
+            conn.begin()
+            try:
+                with conn.cursor() as cur:
+                    # The fence: a takeover must wait for these locks, and if it committed
+                    # first we see its token here and touch nothing of that shard.
+                    cur.execute(self.sql.lock_shards(len(shards)), list(shards))
+                    kept = [int(s) for s, held in cur.fetchall() if held == token]
+                    lost = frozenset(shards) - frozenset(kept)
+                    if not kept:
+                        conn.rollback()
+                        return FinalizeResult(0, 0, 0, lost)
+                    published = retried = dead = 0
+                    if plan.published:
+                        published = cur.execute(
+                            self.sql.mark_published(len(plan.published), len(kept)), [*plan.published, *kept]
+                        )
+                    retry_sql = self.sql.schedule_retry(len(kept))
+                    for d in plan.retries:
+                        retried += cur.execute(
+                            retry_sql,
+                            (
+                                1 if d.charge_attempt else 0,
+                                _micros(d.delay_seconds),
+                                d.error[:1024],
+                                d.record_id,
+                                *kept,
+                            ),
+                        )
+                    dead_sql = self.sql.mark_dead(len(kept))
+                    for record_id, reason in plan.dead:
+                        dead += cur.execute(dead_sql, (reason[:1024], record_id, *kept))
+                    cur.execute(self.sql.renew_shards(len(kept)), (_micros(lease_seconds), token, *kept))
+                conn.commit()
+            except BaseException:
+                self._rollback()
+                raise
+            return FinalizeResult(published, retried, dead, lost)
+
+        return self._retrying(work, "finalize")
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, pymysql.err.MySQLError) and len(exc.args) >= 2:
+        return f"({exc.args[0]}) {exc.args[1]}"
+    return f"{type(exc).__name__}: {exc}"
