@@ -150,10 +150,7 @@ def check_topic_template(template: str) -> str | None:
     return None
 
 
-def load_config(env: Mapping[str, str]) -> Config:
-    """Build and validate the configuration; raises :class:`ConfigError` listing every problem."""
-    r = _Reader(env)
-
+def _database(r: _Reader) -> DatabaseSettings:
     table = r.text("OUTBOX_TABLE", "outbox") or "outbox"
     if not valid_identifier(table):
         r.problems.append(
@@ -163,7 +160,7 @@ def load_config(env: Mapping[str, str]) -> Config:
     secret_arn = r.text("OUTBOX_DB_SECRET_ARN")
     if password is None and secret_arn is None:
         r.problems.append("one of OUTBOX_DB_PASSWORD (local) or OUTBOX_DB_SECRET_ARN (deployed) is required")
-    database = DatabaseSettings(
+    return DatabaseSettings(
         host=r.text("OUTBOX_DB_HOST", required=True) or "",
         port=r.number("OUTBOX_DB_PORT", 3306, int, 1, 65535),
         name=r.text("OUTBOX_DB_NAME", required=True) or "",
@@ -174,6 +171,8 @@ def load_config(env: Mapping[str, str]) -> Config:
         lock_wait_timeout_seconds=r.number("OUTBOX_DB_LOCK_WAIT_TIMEOUT_SECONDS", 5, int, 1, 120),
     )
 
+
+def _kafka(r: _Reader, max_message_bytes: int) -> KafkaSettings:
     protocol = r.choice("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS) or "PLAINTEXT"
     mechanism = r.choice("KAFKA_SASL_MECHANISM", None, SASL_MECHANISMS)
     if protocol == "SASL_SSL" and mechanism is None:
@@ -187,7 +186,6 @@ def load_config(env: Mapping[str, str]) -> Config:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit():
             r.problems.append(f"KAFKA_BOOTSTRAP_SERVERS entry {server!r} is not host:port")
-    max_message_bytes = r.number("OUTBOX_MAX_MESSAGE_BYTES", 1_048_576, int, 1024, 100 * 1024 * 1024)
     request_timeout_ms = r.number("KAFKA_REQUEST_TIMEOUT_MS", 10_000, int, 100, 300_000)
     linger_ms = r.number("KAFKA_LINGER_MS", 5, int, 0, 1000)
     delivery_timeout_ms = r.number("KAFKA_DELIVERY_TIMEOUT_MS", 30_000, int, 100, 900_000)
@@ -195,7 +193,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         r.problems.append(
             "KAFKA_DELIVERY_TIMEOUT_MS must be at least KAFKA_REQUEST_TIMEOUT_MS + KAFKA_LINGER_MS"
         )
-    kafka = KafkaSettings(
+    return KafkaSettings(
         bootstrap_servers=servers,
         security_protocol=protocol,
         sasl_mechanism=mechanism,
@@ -206,9 +204,12 @@ def load_config(env: Mapping[str, str]) -> Config:
         request_timeout_ms=request_timeout_ms,
         delivery_timeout_ms=delivery_timeout_ms,
         max_block_ms=r.number("KAFKA_MAX_BLOCK_MS", 5_000, int, 100, 120_000),
+        # Room for the key and headers on top of the largest payload the relay lets through.
         max_request_bytes=max_message_bytes + 64 * 1024,
     )
 
+
+def _relay(r: _Reader) -> RelaySettings:
     template = r.text("OUTBOX_TOPIC_TEMPLATE", RelaySettings.topic_template) or RelaySettings.topic_template
     problem = check_topic_template(template)
     if problem:
@@ -217,7 +218,7 @@ def load_config(env: Mapping[str, str]) -> Config:
     cap = r.number("OUTBOX_BACKOFF_MAX_SECONDS", 900.0, float, 0.001, 86_400)
     if cap < base:
         r.problems.append("OUTBOX_BACKOFF_MAX_SECONDS must be at least OUTBOX_BACKOFF_BASE_SECONDS")
-    relay = RelaySettings(
+    return RelaySettings(
         batch_size=r.number("OUTBOX_BATCH_SIZE", 500, int, 1, 10_000),
         max_attempts=r.number("OUTBOX_MAX_ATTEMPTS", 10, int, 1, 1000),
         backoff_base_seconds=base,
@@ -225,14 +226,30 @@ def load_config(env: Mapping[str, str]) -> Config:
         lease_margin_seconds=r.number("OUTBOX_LEASE_MARGIN_SECONDS", 10.0, float, 1, 3600),
         stop_margin_seconds=r.number("OUTBOX_STOP_MARGIN_SECONDS", 1.0, float, 0.1, 60),
         topic_template=template,
-        max_message_bytes=max_message_bytes,
+        max_message_bytes=r.number("OUTBOX_MAX_MESSAGE_BYTES", 1_048_576, int, 1024, 100 * 1024 * 1024),
         require_json=r.flag("OUTBOX_REQUIRE_JSON", True),
     )
-    dlq = r.text("DLQ_QUEUE_URL", required=True) or ""
 
+
+def load_config(env: Mapping[str, str]) -> Config:
+    """Build and validate the configuration; raises :class:`ConfigError` listing every problem."""
+    r = _Reader(env)
+    database = _database(r)
+    relay = _relay(r)
+    kafka = _kafka(r, relay.max_message_bytes)
+    dlq = r.text("DLQ_QUEUE_URL", required=True) or ""
     if r.problems:
         raise ConfigError("invalid configuration: " + "; ".join(r.problems))
     return Config(relay=relay, database=database, kafka=kafka, dlq_queue_url=dlq)
+
+
+def load_database_settings(env: Mapping[str, str]) -> DatabaseSettings:
+    """Only the database part (what `outbox-relay migrate` needs)."""
+    r = _Reader(env)
+    database = _database(r)
+    if r.problems:
+        raise ConfigError("invalid configuration: " + "; ".join(r.problems))
+    return database
 
 
 _OVERRIDES: dict[str, tuple[type, Callable[[Any], bool], str]] = {

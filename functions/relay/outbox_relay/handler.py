@@ -14,14 +14,17 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from .config import ConfigError, InvocationError, load_config, parse_invocation, with_overrides
 from .metrics_emf import EmfMetrics
 from .runtime import runtime_for
 
-SERVICE = "outbox-relay"
-logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE))
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OutboxRelay"))
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "outbox-relay")
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OutboxRelay"), service=SERVICE)
+# The core logs through the stdlib logger "outbox_relay"; give it the same JSON format.
+copy_config_to_registered_loggers(source_logger=logger, include={"outbox_relay"})
 
 
 class Context(Protocol):
