@@ -42,6 +42,7 @@ class RelaySettings:
     topic_template: str = "outbox.event.{aggregate_type}"
     max_message_bytes: int = 1_048_576
     require_json: bool = True
+    max_shards_per_run: int = 0  # 0: lease every free shard at once
     max_events: int | None = None
     dry_run: bool = False
 
@@ -228,6 +229,7 @@ def _relay(r: _Reader) -> RelaySettings:
         topic_template=template,
         max_message_bytes=r.number("OUTBOX_MAX_MESSAGE_BYTES", 1_048_576, int, 1024, 100 * 1024 * 1024),
         require_json=r.flag("OUTBOX_REQUIRE_JSON", True),
+        max_shards_per_run=r.number("OUTBOX_MAX_SHARDS_PER_RUN", 0, int, 0, 1024),
     )
 
 

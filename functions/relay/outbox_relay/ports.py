@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 from .model import (
@@ -25,8 +25,11 @@ class StoreUnavailable(Exception):
 class OutboxStore(Protocol):
     """The outbox table and its shard leases.  All times are decided by the database clock."""
 
-    def acquire_shards(self, token: bytes, owner: str, lease_seconds: float) -> list[int]:
-        """Lease every free shard it can (compare-and-set each); returns the shards now owned."""
+    def acquire_shards(
+        self, token: bytes, owner: str, lease_seconds: float, limit: int, exclude: Collection[int]
+    ) -> list[int]:
+        """Lease up to ``limit`` (0: all) free shards not in ``exclude``, in random order, each by
+        compare-and-set; returns the shards ``token`` now owns."""
         ...
 
     def read_heads(self, cursors: Mapping[int, int], limit: int) -> list[OutboxRecord]:

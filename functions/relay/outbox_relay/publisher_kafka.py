@@ -29,6 +29,7 @@ log = logging.getLogger("outbox_relay")
 
 # Records re-sent one at a time after a fatal producer error, per publish call.
 ISOLATION_CAP = 20
+FLUSH_TRIES = 5
 _POISON = (
     kafka_errors.MessageSizeTooLargeError,
     kafka_errors.RecordListTooLargeError,
@@ -148,7 +149,10 @@ class KafkaPublisher:
             # The producer may be in a fatal state: replace it and find the culprit alone.
             self._discard()
             self._isolate(messages, results, poisoned, deadline)
-        return [r if r is not None else SendResult(Delivery.NOT_SENT) for r in results]
+        final = [r if r is not None else SendResult(Delivery.NOT_SENT) for r in results]
+        if any(r.delivery is Delivery.UNAVAILABLE for r in final):
+            self._discard()  # start the next run on a fresh connection and producer epoch
+        return final
 
     def _send_all(
         self, producer: Any, messages: Sequence[Message], deadline: float
@@ -206,13 +210,20 @@ class KafkaPublisher:
         return results, futures
 
     def _flush(self, producer: Any, deadline: float) -> None:
-        try:
-            producer.flush(timeout=max(0.0, deadline - time.monotonic()))
-        except kafka_errors.KafkaTimeoutError:
-            # Records may still reach the broker after we return: the caller keeps the
-            # shards fenced for a grace period, and this producer never sends again.
-            self._in_doubt = True
-            self._discard()
+        for _ in range(FLUSH_TRIES):
+            try:
+                producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except kafka_errors.KafkaTimeoutError:
+                break
+            except kafka_errors.KafkaError as exc:
+                # kafka-python 3.0.12 can raise UnknownError("Future not done") from flush()
+                # while it splits an oversized batch; the split batches are still pending.
+                log.info("flush interrupted, flushing again", extra={"error": _describe(exc)})
+        # Records may still reach the broker after we return: the caller keeps the shards
+        # fenced for a grace period, and this producer never sends again.
+        self._in_doubt = True
+        self._discard()
 
     def _isolate(
         self,

@@ -109,41 +109,58 @@ class Relay:
         return max(0.0, deadline - self.clock.monotonic()) + self.settings.lease_margin_seconds
 
     def _relay(self, summary: Summary, deadline: float) -> None:
+        """Lease free shards (up to ``max_shards_per_run`` at a time), drain them pass by pass,
+        then give them back and take the next free ones, each shard at most once per run."""
         work_deadline = deadline - FINALIZE_RESERVE_SECONDS
         token = uuid.uuid4().bytes
-        owned = self.store.acquire_shards(token, self.owner, self._lease_seconds(deadline))
-        summary.shards = len(owned)
-        sweeps = {shard: _ShardSweep() for shard in owned}
+        owned: list[int] = []
+        done: set[int] = set()
+        sweeps: dict[int, _ShardSweep] = {}
         in_doubt = False
-        log.info("run started", extra={"shards": owned, "owner": self.owner})
         try:
             while True:
                 active = sorted(s for s in owned if not sweeps[s].idle)
-                budget = self._event_budget(summary)
+                if not active:
+                    if owned:
+                        self.store.release(token, owned, 0.0)
+                        done.update(owned)
+                    owned = self.store.acquire_shards(
+                        token,
+                        self.owner,
+                        self._lease_seconds(deadline),
+                        self.settings.max_shards_per_run,
+                        done,
+                    )
+                    sweeps = {shard: _ShardSweep() for shard in owned}
+                    summary.shards += len(owned)
+                    active = list(owned)
+                    if owned:
+                        log.info("shards leased", extra={"shards": owned, "owner": self.owner})
                 if not active:
                     summary.stopped_by = "drained"
                     break
+                budget = self._event_budget(summary)
                 if budget == 0:
                     summary.stopped_by = "max_events"
                     break
                 if self.clock.monotonic() + MIN_PASS_SECONDS >= work_deadline:
                     summary.stopped_by = "deadline"
                     break
-                step = self._pass(token, active, sweeps, budget, work_deadline, deadline)
+                step = self._pass(active, sweeps, budget, work_deadline, deadline)
                 summary.passes += 1
                 in_doubt = in_doubt or self.publisher.in_doubt
+                lost: frozenset[int] = frozenset()
                 if step.plan:
                     result = self.store.finalize(token, owned, step.plan, self._lease_seconds(deadline))
                     summary.published += result.published
                     summary.retried += result.retried
                     summary.dead_lettered += result.dead
                     lost = result.lost_shards
-                else:
-                    lost = frozenset()
                 if lost:
                     summary.lease_lost += len(lost)
                     log.warning("lease lost", extra={"shards": sorted(lost)})
                     owned = [s for s in owned if s not in lost]
+                    done.update(lost)
                 if step.unavailable is not None:
                     summary.error = f"kafka unavailable: {step.unavailable}"
                     summary.stopped_by = "kafka_unavailable"
@@ -164,7 +181,6 @@ class Relay:
 
     def _pass(
         self,
-        token: bytes,
         active: list[int],
         sweeps: dict[int, _ShardSweep],
         budget: int | None,

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import pymysql
@@ -118,14 +118,21 @@ class MySQLOutboxStore:
             self._shards = self._retrying(work, "list shards")
         return self._shards
 
-    def acquire_shards(self, token: bytes, owner: str, lease_seconds: float) -> list[int]:
+    def acquire_shards(
+        self, token: bytes, owner: str, lease_seconds: float, limit: int, exclude: Collection[int]
+    ) -> list[int]:
         def work(conn: pymysql.connections.Connection[Any]) -> list[int]:
             with conn.cursor() as cur:
                 cur.execute(self.sql.free_shards)
-                free = [int(row[0]) for row in cur.fetchall()]
+                free = [int(row[0]) for row in cur.fetchall() if int(row[0]) not in exclude]
                 random.shuffle(free)  # concurrent invocations spread over the shards
+                taken = 0
                 for shard in free:
-                    cur.execute(self.sql.acquire_shard, (token, owner, _micros(lease_seconds), shard))
+                    if limit and taken >= limit:
+                        break
+                    taken += cur.execute(
+                        self.sql.acquire_shard, (token, owner, _micros(lease_seconds), shard)
+                    )
                 # Authoritative even when an acquire's outcome was lost with the connection.
                 cur.execute(self.sql.owned_shards, (token,))
                 return [int(row[0]) for row in cur.fetchall()]

@@ -1,0 +1,121 @@
+"""Configuration is read and validated in one place; invocation overrides are strict."""
+
+from __future__ import annotations
+
+import pytest
+
+from outbox_relay.config import (
+    ConfigError,
+    InvocationError,
+    RelaySettings,
+    check_topic_template,
+    load_config,
+    load_database_settings,
+    parse_invocation,
+    with_overrides,
+)
+
+MINIMAL = {
+    "OUTBOX_DB_HOST": "db.local",
+    "OUTBOX_DB_NAME": "shop",
+    "OUTBOX_DB_USER": "relay",
+    "OUTBOX_DB_PASSWORD": "pw",
+    "KAFKA_BOOTSTRAP_SERVERS": "b-1:9092, b-2:9092",
+    "DLQ_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/1/dlq",
+}
+
+
+def test_minimal_environment_gets_safe_defaults() -> None:
+    config = load_config(MINIMAL)
+    assert config.database.port == 3306 and config.database.table == "outbox"
+    assert config.kafka.bootstrap_servers == ("b-1:9092", "b-2:9092")
+    assert config.kafka.security_protocol == "PLAINTEXT" and config.kafka.sasl_mechanism is None
+    assert config.relay == RelaySettings()
+    assert config.relay.topic_template == "outbox.event.{aggregate_type}"
+
+
+def test_tuning_knobs_are_read() -> None:
+    config = load_config(
+        {
+            **MINIMAL,
+            "OUTBOX_BATCH_SIZE": "250",
+            "OUTBOX_MAX_ATTEMPTS": "3",
+            "OUTBOX_BACKOFF_BASE_SECONDS": "0.5",
+            "OUTBOX_REQUIRE_JSON": "false",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "OUTBOX_TABLE": "events_outbox",
+            "OUTBOX_MAX_MESSAGE_BYTES": "2048",
+        }
+    )
+    assert (config.relay.batch_size, config.relay.max_attempts) == (250, 3)
+    assert config.relay.backoff_base_seconds == 0.5 and config.relay.require_json is False
+    assert config.kafka.sasl_mechanism == "OAUTHBEARER" and config.database.table == "events_outbox"
+    assert config.kafka.max_request_bytes == 2048 + 64 * 1024
+
+
+def test_secret_arn_replaces_the_password() -> None:
+    env = {k: v for k, v in MINIMAL.items() if k != "OUTBOX_DB_PASSWORD"}
+    with pytest.raises(ConfigError, match="one of OUTBOX_DB_PASSWORD"):
+        load_config(env)
+    arn = "arn:aws:secretsmanager:us-east-1:1:secret:db"
+    assert load_config({**env, "OUTBOX_DB_SECRET_ARN": arn}).database.secret_arn == arn
+
+
+def test_missing_variables_are_all_named_in_one_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config({})
+    text = str(err.value)
+    assert "\n" not in text
+    for name in (
+        "OUTBOX_DB_HOST",
+        "OUTBOX_DB_NAME",
+        "OUTBOX_DB_USER",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "DLQ_QUEUE_URL",
+    ):
+        assert f"{name} is required" in text
+
+
+def test_database_settings_alone_need_only_database_variables() -> None:
+    db = {k: v for k, v in MINIMAL.items() if k.startswith("OUTBOX_DB")}
+    assert load_database_settings(db).host == "db.local"
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("outbox.event.{aggregate_type}", None),
+        ("{aggregate_type}.{event_type}", None),
+        ("static-topic", None),
+        ("{aggregate_id}", "uses {aggregate_id}; only {aggregate_type}, {event_type} may appear"),
+        ("{aggregate_type!r}", "uses {aggregate_type}; only {aggregate_type}, {event_type} may appear"),
+        ("{aggregate_type", "is not a valid template (expected '}' before end of string)"),
+    ],
+)
+def test_topic_template_placeholders(template: str, problem: str | None) -> None:
+    assert check_topic_template(template) == problem
+
+
+def test_delivery_timeout_must_cover_request_timeout_and_linger() -> None:
+    with pytest.raises(ConfigError, match="KAFKA_DELIVERY_TIMEOUT_MS must be at least"):
+        load_config({**MINIMAL, "KAFKA_DELIVERY_TIMEOUT_MS": "1000", "KAFKA_REQUEST_TIMEOUT_MS": "5000"})
+
+
+def test_scheduled_events_carry_no_overrides() -> None:
+    assert parse_invocation({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}) == {}
+    assert parse_invocation({"source": "aws.scheduler"}) == {}
+    assert parse_invocation(None) == {}
+    assert parse_invocation({}) == {}
+
+
+def test_manual_overrides_apply_without_touching_the_rest() -> None:
+    changes = parse_invocation({"batch_size": 50, "max_events": 7, "dry_run": True})
+    settings = with_overrides(RelaySettings(), changes)
+    assert (settings.batch_size, settings.max_events, settings.dry_run) == (50, 7, True)
+    assert settings.max_attempts == RelaySettings().max_attempts
+
+
+def test_invalid_override_is_rejected_whole() -> None:
+    with pytest.raises(InvocationError, match="batch_size must be an integer"):
+        parse_invocation({"max_events": 5, "batch_size": 2.5})
