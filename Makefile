@@ -2,7 +2,11 @@
 PY := .venv/bin
 STAMP := .venv/.installed
 
-.PHONY: dev venv stack-up stack-down stack-status migrate demo test test-unit lint format clean
+TOOLS := .venv-tools/bin
+RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+
+.PHONY: dev venv tools stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
+	format build fetch-rds-ca clean
 
 dev: venv stack-up migrate          ## everything for local work
 
@@ -32,14 +36,33 @@ test: venv stack-up                 ## the whole suite, on the real local stack
 test-unit: venv                     ## pure unit tests, no stack
 	$(PY)/pytest -q tests/unit
 
-lint: venv
+# checkov lives in its own venv: its pins clash with the dev tools'.
+tools: .venv-tools/.installed
+.venv-tools/.installed:
+	python3 -m venv .venv-tools
+	$(TOOLS)/pip install --quiet --upgrade pip
+	$(TOOLS)/pip install --quiet checkov==3.3.30
+	touch .venv-tools/.installed
+
+lint: venv lint-template
 	$(PY)/ruff check .
 	$(PY)/ruff format --check .
 	$(PY)/mypy
+
+lint-template: venv tools          ## cfn-lint and checkov (offline: --skip-download)
+	$(PY)/cfn-lint template.yaml
+	$(TOOLS)/checkov -f template.yaml --quiet --compact --skip-download
+
+build: venv                         ## sam build (needs the SAM CLI; no Docker: makefile builds)
+	sam build
+
+fetch-rds-ca:                       ## the RDS CA bundle for OUTBOX_DB_TLS=verify, shipped in the layer
+	mkdir -p layers/deps/certs
+	curl -fsSL -o layers/deps/certs/rds-global-bundle.pem $(RDS_CA_URL)
 
 format: venv
 	$(PY)/ruff format .
 	$(PY)/ruff check --fix .
 
 clean:
-	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache build
+	rm -rf .venv .venv-tools .mypy_cache .ruff_cache .pytest_cache build .aws-sam

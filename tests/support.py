@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import random
 import socket
 import subprocess
@@ -30,6 +31,10 @@ KAFKA = "127.0.0.1:9092"
 SLOW_KAFKA_UPSTREAM = ("127.0.0.1", 9094)  # the broker's SLOW listener, advertised as :9095
 SLOW_KAFKA_PROXY_PORT = 9095
 MOTO = "http://127.0.0.1:5000"
+# The local stack's own CA for TLS to MariaDB (scripts/local-stack, mariadb_tls).
+DB_CA = str(
+    Path(os.environ.get("OUTBOX_MARIADB_DIR", "/var/lib/outbox-relay/mariadb")).parent / "tls" / "ca.pem"
+)
 
 
 def stack(*args: str) -> None:
@@ -264,8 +269,6 @@ class DelayProxy:
 def handler_in_process(env: dict[str, str], timeout: float = 60.0) -> dict[str, Any]:
     """Run the Lambda handler as a separate invocation would: in this (spawned) process, with
     its own connections.  Used through multiprocessing."""
-    import os
-
     os.environ.update(env)
     from outbox_relay.cli import LocalContext
     from outbox_relay.handler import lambda_handler

@@ -46,12 +46,30 @@ def test_tuning_knobs_are_read() -> None:
             "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
             "OUTBOX_TABLE": "events_outbox",
             "OUTBOX_MAX_MESSAGE_BYTES": "2048",
+            "AWS_REGION": "eu-west-1",
         }
     )
     assert (config.relay.batch_size, config.relay.max_attempts) == (250, 3)
     assert config.relay.backoff_base_seconds == 0.5 and config.relay.require_json is False
     assert config.kafka.sasl_mechanism == "OAUTHBEARER" and config.database.table == "events_outbox"
     assert config.kafka.max_request_bytes == 2048 + 64 * 1024
+    assert config.kafka.region == "eu-west-1"
+
+
+def test_msk_auth_needs_its_region_or_secret() -> None:
+    iam = {**MINIMAL, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER"}
+    with pytest.raises(ConfigError, match="AWS_REGION is required with KAFKA_SASL_MECHANISM=OAUTHBEARER"):
+        load_config(iam)
+    scram = {**iam, "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
+    with pytest.raises(ConfigError, match="KAFKA_SASL_SECRET_ARN .* is required"):
+        load_config(scram)
+
+
+def test_database_tls_verify_needs_a_ca_bundle_that_exists() -> None:
+    with pytest.raises(ConfigError, match="OUTBOX_DB_SSL_CA .* is required with OUTBOX_DB_TLS=verify"):
+        load_config({**MINIMAL, "OUTBOX_DB_TLS": "verify"})
+    with pytest.raises(ConfigError, match="OUTBOX_DB_SSL_CA='/nope.pem' is not a file"):
+        load_config({**MINIMAL, "OUTBOX_DB_TLS": "verify", "OUTBOX_DB_SSL_CA": "/nope.pem"})
 
 
 def test_secret_arn_replaces_the_password() -> None:

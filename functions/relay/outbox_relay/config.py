@@ -6,6 +6,7 @@ together as one line, so a bad deployment says everything that is wrong at once.
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ TOPIC_FIELDS = frozenset({"aggregate_type", "event_type"})
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL")
 SASL_MECHANISMS = ("OAUTHBEARER", "SCRAM-SHA-512")
 COMPRESSION_TYPES = ("none", "gzip", "lz4", "zstd", "snappy")
+DB_TLS_MODES = ("off", "required", "verify")
 
 
 class ConfigError(ValueError):
@@ -58,6 +60,8 @@ class DatabaseSettings:
     table: str = "outbox"
     connect_timeout_seconds: float = 5.0
     lock_wait_timeout_seconds: int = 5
+    tls: str = "off"  # off | required (encrypted) | verify (encrypted, CA and host name checked)
+    ssl_ca: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ class KafkaSettings:
     delivery_timeout_ms: int = 30_000
     max_block_ms: int = 5_000
     max_request_bytes: int = 1_048_576
+    sasl_secret_arn: str | None = None
+    ssl_cafile: str | None = None
+    region: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,14 @@ def _database(r: _Reader) -> DatabaseSettings:
     secret_arn = r.text("OUTBOX_DB_SECRET_ARN")
     if password is None and secret_arn is None:
         r.problems.append("one of OUTBOX_DB_PASSWORD (local) or OUTBOX_DB_SECRET_ARN (deployed) is required")
+    tls = r.choice("OUTBOX_DB_TLS", "off", DB_TLS_MODES) or "off"
+    ssl_ca = r.text("OUTBOX_DB_SSL_CA")
+    if tls == "verify" and ssl_ca is None:
+        r.problems.append(
+            "OUTBOX_DB_SSL_CA (a CA bundle, e.g. RDS global-bundle.pem) is required with OUTBOX_DB_TLS=verify"
+        )
+    if ssl_ca is not None and not os.path.isfile(ssl_ca):
+        r.problems.append(f"OUTBOX_DB_SSL_CA={ssl_ca!r} is not a file")
     return DatabaseSettings(
         host=r.text("OUTBOX_DB_HOST", required=True) or "",
         port=r.number("OUTBOX_DB_PORT", 3306, int, 1, 65535),
@@ -170,6 +185,8 @@ def _database(r: _Reader) -> DatabaseSettings:
         secret_arn=secret_arn,
         table=table,
         lock_wait_timeout_seconds=r.number("OUTBOX_DB_LOCK_WAIT_TIMEOUT_SECONDS", 5, int, 1, 120),
+        tls=tls,
+        ssl_ca=ssl_ca,
     )
 
 
@@ -180,6 +197,17 @@ def _kafka(r: _Reader, max_message_bytes: int) -> KafkaSettings:
         r.problems.append("KAFKA_SASL_MECHANISM is required when KAFKA_SECURITY_PROTOCOL=SASL_SSL")
     if protocol != "SASL_SSL" and mechanism is not None:
         r.problems.append(f"KAFKA_SASL_MECHANISM={mechanism!r} needs KAFKA_SECURITY_PROTOCOL=SASL_SSL")
+    sasl_secret = r.text("KAFKA_SASL_SECRET_ARN")
+    if mechanism == "SCRAM-SHA-512" and sasl_secret is None:
+        r.problems.append(
+            "KAFKA_SASL_SECRET_ARN (the MSK SCRAM secret) is required with KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+        )
+    region = r.text("AWS_REGION") or r.text("AWS_DEFAULT_REGION") or ""
+    if mechanism == "OAUTHBEARER" and not region:
+        r.problems.append("AWS_REGION is required with KAFKA_SASL_MECHANISM=OAUTHBEARER (MSK IAM)")
+    cafile = r.text("KAFKA_SSL_CAFILE")
+    if cafile is not None and not os.path.isfile(cafile):
+        r.problems.append(f"KAFKA_SSL_CAFILE={cafile!r} is not a file")
     servers = tuple(
         s.strip() for s in (r.text("KAFKA_BOOTSTRAP_SERVERS", required=True) or "").split(",") if s.strip()
     )
@@ -207,6 +235,9 @@ def _kafka(r: _Reader, max_message_bytes: int) -> KafkaSettings:
         max_block_ms=r.number("KAFKA_MAX_BLOCK_MS", 5_000, int, 100, 120_000),
         # Room for the key and headers on top of the largest payload the relay lets through.
         max_request_bytes=max_message_bytes + 64 * 1024,
+        sasl_secret_arn=sasl_secret,
+        ssl_cafile=cafile,
+        region=region,
     )
 
 

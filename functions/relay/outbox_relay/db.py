@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,19 @@ def secret_password(read_secret: SecretReader, arn: str) -> str:
     raise ValueError(f"secret {arn} has no string 'password' field")
 
 
+def tls_context(settings: DatabaseSettings) -> ssl.SSLContext | None:
+    """TLS to the database: ``required`` encrypts; ``verify`` also checks the CA (e.g. the RDS
+    bundle) and the host name.  PyMySQL would otherwise send credentials in clear text."""
+    if settings.tls == "off":
+        return None
+    if settings.tls == "verify":
+        return ssl.create_default_context(cafile=settings.ssl_ca)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def connector(settings: DatabaseSettings, read_secret: SecretReader | None = None) -> Connect:
     """A function opening one autocommit PyMySQL connection; the password is looked up per
     connection so that a rotated secret is picked up on reconnect."""
@@ -37,6 +51,8 @@ def connector(settings: DatabaseSettings, read_secret: SecretReader | None = Non
         if settings.secret_arn is None or read_secret is None:
             raise ValueError("no database password or secret configured")
         return secret_password(read_secret, settings.secret_arn)
+
+    tls = tls_context(settings)
 
     def connect() -> pymysql.connections.Connection[Any]:
         return pymysql.connect(
@@ -50,6 +66,7 @@ def connector(settings: DatabaseSettings, read_secret: SecretReader | None = Non
             connect_timeout=settings.connect_timeout_seconds,
             read_timeout=30,
             write_timeout=30,
+            ssl=tls,
         )
 
     return connect

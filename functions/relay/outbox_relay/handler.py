@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from .config import ConfigError, InvocationError, load_config, parse_invocation, with_overrides
@@ -23,6 +23,7 @@ from .runtime import runtime_for
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "outbox-relay")
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OutboxRelay"), service=SERVICE)
+tracer = Tracer(service=SERVICE)  # X-Ray; disabled by Powertools itself outside Lambda
 # The core logs through the stdlib logger "outbox_relay"; give it the same JSON format.
 copy_config_to_registered_loggers(source_logger=logger, include={"outbox_relay"})
 
@@ -36,6 +37,7 @@ class Context(Protocol):
 
 
 @logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     return handle(event, context, os.environ)

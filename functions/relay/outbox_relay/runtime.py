@@ -11,6 +11,7 @@ from aws_lambda_powertools.utilities import parameters
 from .config import Config, RelaySettings
 from .db import connector
 from .deadletter_sqs import SqsDeadLetterSink
+from .kafka_auth import auth_config
 from .ports import Metrics, SystemClock
 from .publisher_kafka import KafkaPublisher
 from .relay import Relay
@@ -33,7 +34,9 @@ class Runtime:
         self.store = MySQLOutboxStore(
             connector(db, _read_secret), OutboxSql(db.table), db.lock_wait_timeout_seconds
         )
-        self.publisher = KafkaPublisher(config.kafka)
+        self.publisher = KafkaPublisher(
+            config.kafka, extra_config=lambda: auth_config(config.kafka, _read_secret)
+        )
         # AWS_ENDPOINT_URL (boto3's own setting) points this at moto locally.
         self.dead_letters = SqsDeadLetterSink(boto3.client("sqs"), config.dlq_queue_url)
 

@@ -1,0 +1,149 @@
+"""The SAM application: lint-clean, transforms, least privilege, environments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+from outbox_relay.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMETERS = {
+    "SubnetIds": "subnet-1,subnet-2",
+    "SecurityGroupIds": "sg-1",
+    "DbHost": "db.cluster-x.eu-west-1.rds.amazonaws.com",
+    "DbName": "shop",
+    "DbUser": "relay",
+    "DbSecretArn": "arn:aws:secretsmanager:eu-west-1:111111111111:secret:db-AbCdEf",
+    "KafkaBootstrapServers": "b-1.x.kafka.eu-west-1.amazonaws.com:9098",
+    "MskClusterArn": "arn:aws:kafka:eu-west-1:111111111111:cluster/shop/1234-abcd",
+}
+
+
+class _ManagedPolicies:
+    """The translator asks IAM for managed policy ARNs; tests answer offline."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+def transformed() -> dict[str, Any]:
+    template = yaml_parse((ROOT / "template.yaml").read_text())
+    # What `sam package` does before CloudFormation sees the template: code goes to S3.
+    for resource in template["Resources"].values():
+        for key in ("CodeUri", "ContentUri"):
+            if key in resource.get("Properties", {}):
+                resource["Properties"][key] = f"s3://artifacts/{key.lower()}.zip"
+    result: dict[str, Any] = transform(template, PARAMETERS, _ManagedPolicies())
+    return result
+
+
+def resources(kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in transformed()["Resources"].items() if v["Type"] == kind}
+
+
+def test_cfn_lint_is_clean() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), str(ROOT / "template.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+
+
+def test_sam_transform_gives_an_arm64_python_function_on_a_schedule() -> None:
+    (function,) = resources("AWS::Lambda::Function").values()
+    props = function["Properties"]
+    assert props["Runtime"] == "python3.13" and props["Architectures"] == ["arm64"]
+    assert props["Handler"] == "outbox_relay.handler.lambda_handler"
+    assert props["TracingConfig"] == {"Mode": "Active"}
+    assert props["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
+    assert set(props["VpcConfig"]) == {"SubnetIds", "SecurityGroupIds"}
+    env = props["Environment"]["Variables"]
+    assert "OUTBOX_DB_PASSWORD" not in env and env["OUTBOX_DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}
+    (schedule,) = resources("AWS::Scheduler::Schedule").values()
+    assert schedule["Properties"]["ScheduleExpression"] == {"Ref": "ScheduleExpression"}
+    assert schedule["Properties"]["State"] == {"Ref": "ScheduleState"}
+    assert schedule["Properties"]["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    (invoke_config,) = resources("AWS::Lambda::EventInvokeConfig").values()
+    assert invoke_config["Properties"]["MaximumRetryAttempts"] == 0
+
+
+def test_iam_is_limited_to_what_the_code_calls() -> None:
+    roles = resources("AWS::IAM::Role")
+    relay_role = next(
+        r for name, r in roles.items() if name.startswith("RelayFunction") and "Schedule" not in name
+    )
+    # A conditional policy (the SCRAM secret) counts with its condition true: the widest case.
+    policies = [p["Fn::If"][1] if "Fn::If" in p else p for p in relay_role["Properties"]["Policies"]]
+    statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    actions: dict[str, Any] = {}
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        for action in statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]:
+            actions[action] = statement["Resource"]
+    assert set(actions) == {
+        "sqs:SendMessage*",
+        "secretsmanager:GetSecretValue",
+        "kafka-cluster:Connect",
+        "kafka-cluster:DescribeCluster",
+        "kafka-cluster:WriteDataIdempotently",
+        "kafka-cluster:DescribeTopic",
+        "kafka-cluster:WriteData",
+    }
+    assert actions["kafka-cluster:WriteDataIdempotently"] == {"Ref": "MskClusterArn"}
+    assert "Fn::Join" in actions["kafka-cluster:WriteData"]  # topic ARNs under this cluster only
+    assert all(resource != "*" for resource in actions.values())
+    managed = {
+        m if isinstance(m, str) else json.dumps(m) for m in relay_role["Properties"]["ManagedPolicyArns"]
+    }
+    assert any("AWSLambdaBasicExecutionRole" in m for m in managed)
+    assert any("AWSLambdaVPCAccessExecutionRole" in m for m in managed)
+
+
+def test_alarms_cover_lag_dead_letters_dlq_errors_and_missing_runs() -> None:
+    alarms = resources("AWS::CloudWatch::Alarm")
+    by_metric = {a["Properties"]["MetricName"]: a["Properties"] for a in alarms.values()}
+    assert set(by_metric) == {
+        "OldestPendingAgeSeconds",
+        "DeadLettered",
+        "ApproximateNumberOfMessagesVisible",
+        "Errors",
+        "RunSucceeded",
+    }
+    assert by_metric["RunSucceeded"]["TreatMissingData"] == "breaching"
+    assert by_metric["RunSucceeded"]["ComparisonOperator"] == "LessThanThreshold"
+    for metric in ("OldestPendingAgeSeconds", "DeadLettered", "RunSucceeded"):
+        assert by_metric[metric]["Namespace"] == "OutboxRelay"
+        assert by_metric[metric]["Dimensions"] == [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}]
+    assert resources("AWS::CloudWatch::Dashboard")
+
+
+def test_dead_letter_queue_is_encrypted_with_its_own_retention() -> None:
+    (queue,) = resources("AWS::SQS::Queue").values()
+    assert queue["Properties"]["SqsManagedSseEnabled"] is True
+    assert queue["Properties"]["MessageRetentionPeriod"] == {"Ref": "DeadLetterRetentionSeconds"}
+
+
+def test_samconfig_has_dev_and_prod() -> None:
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    assert config["version"] == 0.1
+    for env in ("default", "prod"):
+        assert config[env]["global"]["parameters"]["stack_name"].startswith("outbox-relay-")
+        overrides = config[env]["deploy"]["parameters"]["parameter_overrides"]
+        assert "MskClusterArn=" in overrides and "DbSecretArn=" in overrides
+
+
+def test_env_json_for_sam_local_invoke_is_a_valid_configuration(tmp_path: Path) -> None:
+    env = json.loads((ROOT / "env.json").read_text())["RelayFunction"]
+    config = load_config(env)
+    assert config.database.host == "127.0.0.1" and config.kafka.bootstrap_servers == ("127.0.0.1:9092",)
