@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from outbox_relay.config import (
@@ -61,14 +63,14 @@ def test_msk_auth_needs_its_region_or_secret() -> None:
     with pytest.raises(ConfigError, match="AWS_REGION is required with KAFKA_SASL_MECHANISM=OAUTHBEARER"):
         load_config(iam)
     scram = {**iam, "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
-    with pytest.raises(ConfigError, match="KAFKA_SASL_SECRET_ARN .* is required"):
+    with pytest.raises(ConfigError, match=r"KAFKA_SASL_SECRET_ARN .* is required"):
         load_config(scram)
 
 
 def test_database_tls_verify_needs_a_ca_bundle_that_exists() -> None:
-    with pytest.raises(ConfigError, match="OUTBOX_DB_SSL_CA .* is required with OUTBOX_DB_TLS=verify"):
+    with pytest.raises(ConfigError, match=r"OUTBOX_DB_SSL_CA .* is required with OUTBOX_DB_TLS=verify"):
         load_config({**MINIMAL, "OUTBOX_DB_TLS": "verify"})
-    with pytest.raises(ConfigError, match="OUTBOX_DB_SSL_CA='/nope.pem' is not a file"):
+    with pytest.raises(ConfigError, match=re.escape("OUTBOX_DB_SSL_CA='/nope.pem' is not a file")):
         load_config({**MINIMAL, "OUTBOX_DB_TLS": "verify", "OUTBOX_DB_SSL_CA": "/nope.pem"})
 
 
