@@ -10,7 +10,12 @@ import pytest
 from tests import support
 
 BAD_PAYLOADS = [
-    ({"batchsize": 10}, "unknown field 'batchsize' (allowed: batch_size, dry_run, max_events)"),
+    (
+        {"batchsize": 10},
+        "unknown field 'batchsize' (allowed: batch_size, dry_run, max_events, poll_window_seconds)",
+    ),
+    ({"action": "drop"}, "action must be one of relay, janitor, status, redrive, got 'drop'"),
+    ({"action": "redrive", "ids": ["7"]}, "redrive needs ids, a non-empty list of outbox ids"),
     ({"batch_size": "10"}, "batch_size must be an integer from 1 to 10000, got '10'"),
     ({"batch_size": True}, "batch_size must be an integer from 1 to 10000, got True"),
     ({"batch_size": 0}, "batch_size must be an integer from 1 to 10000, got 0"),

@@ -8,6 +8,7 @@ import pytest
 
 from outbox_relay.config import (
     ConfigError,
+    Invocation,
     InvocationError,
     RelaySettings,
     check_topic_template,
@@ -123,19 +124,46 @@ def test_delivery_timeout_must_cover_request_timeout_and_linger() -> None:
 
 
 def test_scheduled_events_carry_no_overrides() -> None:
-    assert parse_invocation({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}) == {}
-    assert parse_invocation({"source": "aws.scheduler"}) == {}
-    assert parse_invocation(None) == {}
-    assert parse_invocation({}) == {}
+    assert (
+        parse_invocation({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}})
+        == Invocation()
+    )
+    assert parse_invocation({"source": "aws.scheduler"}) == Invocation()
+    assert parse_invocation(None) == Invocation()
+    assert parse_invocation({}) == Invocation()
+
+
+def test_the_janitor_schedule_names_its_action() -> None:
+    assert parse_invocation({"source": "aws.scheduler", "action": "janitor"}).action == "janitor"
 
 
 def test_manual_overrides_apply_without_touching_the_rest() -> None:
-    changes = parse_invocation({"batch_size": 50, "max_events": 7, "dry_run": True})
-    settings = with_overrides(RelaySettings(), changes)
+    invocation = parse_invocation(
+        {"batch_size": 50, "max_events": 7, "dry_run": True, "poll_window_seconds": 2.5}
+    )
+    settings = with_overrides(RelaySettings(), invocation.overrides)
     assert (settings.batch_size, settings.max_events, settings.dry_run) == (50, 7, True)
+    assert settings.poll_window_seconds == 2.5
     assert settings.max_attempts == RelaySettings().max_attempts
+
+
+def test_operator_actions() -> None:
+    assert parse_invocation({"action": "status"}) == Invocation(action="status")
+    assert parse_invocation({"action": "redrive", "ids": [3, 9]}) == Invocation(action="redrive", ids=(3, 9))
+    with pytest.raises(InvocationError, match="redrive needs ids"):
+        parse_invocation({"action": "redrive", "ids": []})
+    with pytest.raises(InvocationError, match="unknown field 'batch_size' "):
+        parse_invocation({"action": "status", "batch_size": 5})
+    with pytest.raises(InvocationError, match="action must be one of relay, janitor, status, redrive"):
+        parse_invocation({"action": "drop"})
 
 
 def test_invalid_override_is_rejected_whole() -> None:
     with pytest.raises(InvocationError, match="batch_size must be an integer"):
         parse_invocation({"max_events": 5, "batch_size": 2.5})
+
+
+def test_retention_settings() -> None:
+    config = load_config({**MINIMAL, "OUTBOX_RETENTION_SECONDS": "0", "OUTBOX_JANITOR_BATCH_SIZE": "500"})
+    assert config.retention.published_seconds == 0 and config.retention.batch_size == 500
+    assert config.retention.dead_seconds == 30 * 86_400

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from .sql import valid_identifier
@@ -45,6 +45,10 @@ class RelaySettings:
     max_message_bytes: int = 1_048_576
     require_json: bool = True
     max_shards_per_run: int = 0  # 0: lease every free shard at once
+    # Keep polling for new rows this long after draining (0: stop when drained); sleeps
+    # poll_interval_seconds between empty reads.  Bounded by the invocation's deadline.
+    poll_window_seconds: float = 0.0
+    poll_interval_seconds: float = 0.05
     max_events: int | None = None
     dry_run: bool = False
 
@@ -83,11 +87,30 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long finished rows stay in the outbox (the janitor deletes them in batches)."""
+
+    published_seconds: int = 86_400  # 0: rows are deleted when published (no PUBLISHED state)
+    dead_seconds: int = 30 * 86_400
+    batch_size: int = 1000
+
+
+@dataclass(frozen=True)
 class Config:
     relay: RelaySettings
     database: DatabaseSettings
     kafka: KafkaSettings
     dlq_queue_url: str
+    retention: RetentionSettings = RetentionSettings()
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What an invocation asks for: an action and, for ``relay``, setting overrides."""
+
+    action: str = "relay"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    ids: tuple[int, ...] = ()
 
 
 class _Reader:
@@ -261,6 +284,16 @@ def _relay(r: _Reader) -> RelaySettings:
         max_message_bytes=r.number("OUTBOX_MAX_MESSAGE_BYTES", 1_048_576, int, 1024, 100 * 1024 * 1024),
         require_json=r.flag("OUTBOX_REQUIRE_JSON", True),
         max_shards_per_run=r.number("OUTBOX_MAX_SHARDS_PER_RUN", 0, int, 0, 1024),
+        poll_window_seconds=r.number("OUTBOX_POLL_WINDOW_SECONDS", 0.0, float, 0, 900),
+        poll_interval_seconds=r.number("OUTBOX_POLL_INTERVAL_MS", 50, int, 1, 10_000) / 1000.0,
+    )
+
+
+def _retention(r: _Reader) -> RetentionSettings:
+    return RetentionSettings(
+        published_seconds=r.number("OUTBOX_RETENTION_SECONDS", 86_400, int, 0, 10 * 365 * 86_400),
+        dead_seconds=r.number("OUTBOX_DEAD_RETENTION_SECONDS", 30 * 86_400, int, 60, 10 * 365 * 86_400),
+        batch_size=r.number("OUTBOX_JANITOR_BATCH_SIZE", 1000, int, 1, 100_000),
     )
 
 
@@ -271,9 +304,10 @@ def load_config(env: Mapping[str, str]) -> Config:
     relay = _relay(r)
     kafka = _kafka(r, relay.max_message_bytes)
     dlq = r.text("DLQ_QUEUE_URL", required=True) or ""
+    retention = _retention(r)
     if r.problems:
         raise ConfigError("invalid configuration: " + "; ".join(r.problems))
-    return Config(relay=relay, database=database, kafka=kafka, dlq_queue_url=dlq)
+    return Config(relay=relay, database=database, kafka=kafka, dlq_queue_url=dlq, retention=retention)
 
 
 def load_database_settings(env: Mapping[str, str]) -> DatabaseSettings:
@@ -285,11 +319,13 @@ def load_database_settings(env: Mapping[str, str]) -> DatabaseSettings:
     return database
 
 
-_OVERRIDES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+_OVERRIDES: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool], str]] = {
     "batch_size": (int, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
     "max_events": (int, lambda v: v >= 1, "a positive integer"),
     "dry_run": (bool, lambda v: True, "true or false"),
+    "poll_window_seconds": ((int, float), lambda v: 0 <= v <= 900, "a number of seconds from 0 to 900"),
 }
+ACTIONS = ("relay", "janitor", "status", "redrive")
 _SCHEDULE_SOURCES = ("aws.events", "aws.scheduler")
 
 
@@ -298,33 +334,50 @@ def is_scheduled_event(event: Mapping[str, Any]) -> bool:
     return event.get("detail-type") == "Scheduled Event" or event.get("source") in _SCHEDULE_SOURCES
 
 
-def parse_invocation(event: object) -> dict[str, Any]:
-    """The overrides a manual invocation asks for (none for a scheduled event).
+def parse_invocation(event: object) -> Invocation:
+    """What an event asks for: a scheduled run (the Scheduler input may name an ``action``), or a
+    manual payload ``{"action": ..., <overrides>}`` / ``{"action": "redrive", "ids": [...]}``.
 
     Raises :class:`InvocationError` when any field is unknown or of the wrong type.
     """
     if event is None:
-        return {}
+        return Invocation()
     if not isinstance(event, dict):
         raise InvocationError(
             f"invalid invocation payload: expected a JSON object, got {type(event).__name__}"
         )
-    if is_scheduled_event(event):
-        return {}
-    unknown = sorted(set(event) - set(_OVERRIDES))
-    if unknown:
+    fields = dict(event)
+    if is_scheduled_event(fields):
+        fields = {"action": fields["action"]} if "action" in fields and "detail-type" not in fields else {}
+    action = fields.pop("action", "relay")
+    if action not in ACTIONS:
         raise InvocationError(
-            f"invalid invocation payload: unknown field {', '.join(map(repr, unknown))}"
-            f" (allowed: {', '.join(sorted(_OVERRIDES))})"
+            f"invalid invocation payload: action must be one of {', '.join(ACTIONS)}, got {action!r}"
+        )
+    ids: tuple[int, ...] = ()
+    if action == "redrive":
+        raw = fields.pop("ids", None)
+        if not isinstance(raw, list) or not raw or not all(type(i) is int and i > 0 for i in raw):
+            raise InvocationError(
+                "invalid invocation payload: redrive needs ids, a non-empty list of outbox ids"
+            )
+        ids = tuple(raw)
+    allowed = _OVERRIDES if action == "relay" else {}
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        names = ", ".join(sorted(allowed)) if allowed else "none besides action" + (", ids" if ids else "")
+        raise InvocationError(
+            f"invalid invocation payload: unknown field {', '.join(map(repr, unknown))} (allowed: {names})"
         )
     changes: dict[str, Any] = {}
-    for name, value in event.items():
+    for name, value in fields.items():
         kind, ok, expected = _OVERRIDES[name]
         # bool is an int in Python; a JSON true is not a batch size.
-        if type(value) is not kind or not ok(value):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if type(value) not in kinds or not ok(value):
             raise InvocationError(f"invalid invocation payload: {name} must be {expected}, got {value!r}")
         changes[name] = value
-    return changes
+    return Invocation(action, changes, ids)
 
 
 def with_overrides(settings: RelaySettings, changes: Mapping[str, Any]) -> RelaySettings:

@@ -35,6 +35,8 @@ FINALIZE_RESERVE_SECONDS = 0.3
 MIN_PASS_SECONDS = 0.1
 # How many pages past a fully blocked head one shard may be scanned in a run.
 MAX_SKIP_PAGES = 50
+# While polling with shards in hand, look for more free shards this often.
+ACQUIRE_EVERY_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -44,6 +46,21 @@ class _ShardSweep:
     cursor: int = 0
     skipped_pages: int = 0
     idle: bool = False
+
+
+@dataclass(slots=True)
+class _Run:
+    """The state of one run: its lease token, the shards it holds, and its time limits."""
+
+    token: bytes
+    deadline: float
+    work_deadline: float
+    owned: list[int] = field(default_factory=list)
+    done: set[int] = field(default_factory=set)
+    sweeps: dict[int, _ShardSweep] = field(default_factory=dict)
+    in_doubt: bool = False
+    poll_until: float | None = None
+    next_acquire: float = 0.0
 
 
 @dataclass(slots=True)
@@ -109,49 +126,39 @@ class Relay:
         return max(0.0, deadline - self.clock.monotonic()) + self.settings.lease_margin_seconds
 
     def _relay(self, summary: Summary, deadline: float) -> None:
-        """Lease free shards (up to ``max_shards_per_run`` at a time), drain them pass by pass,
-        then give them back and take the next free ones, each shard at most once per run."""
-        work_deadline = deadline - FINALIZE_RESERVE_SECONDS
-        token = uuid.uuid4().bytes
-        owned: list[int] = []
-        done: set[int] = set()
-        sweeps: dict[int, _ShardSweep] = {}
-        in_doubt = False
+        """Lease free shards (up to ``max_shards_per_run`` at a time) and drain them pass by pass.
+        Then either keep polling them (the poll window) or give them back and take the next
+        free ones, each shard at most once per run."""
+        run = _Run(
+            token=uuid.uuid4().bytes, deadline=deadline, work_deadline=deadline - FINALIZE_RESERVE_SECONDS
+        )
+        if self.settings.poll_window_seconds > 0:
+            run.poll_until = min(
+                self.clock.monotonic() + self.settings.poll_window_seconds, run.work_deadline
+            )
         try:
             while True:
-                active = sorted(s for s in owned if not sweeps[s].idle)
+                active = sorted(s for s in run.owned if not run.sweeps[s].idle)
                 if not active:
-                    if owned:
-                        self.store.release(token, owned, 0.0)
-                        done.update(owned)
-                    owned = self.store.acquire_shards(
-                        token,
-                        self.owner,
-                        self._lease_seconds(deadline),
-                        self.settings.max_shards_per_run,
-                        done,
-                    )
-                    sweeps = {shard: _ShardSweep() for shard in owned}
-                    summary.shards += len(owned)
-                    active = list(owned)
-                    if owned:
-                        log.info("shards leased", extra={"shards": owned, "owner": self.owner})
-                if not active:
+                    if self._refill(run, summary):
+                        continue
                     summary.stopped_by = "drained"
                     break
                 budget = self._event_budget(summary)
                 if budget == 0:
                     summary.stopped_by = "max_events"
                     break
-                if self.clock.monotonic() + MIN_PASS_SECONDS >= work_deadline:
+                if self.clock.monotonic() + MIN_PASS_SECONDS >= run.work_deadline:
                     summary.stopped_by = "deadline"
                     break
-                step = self._pass(active, sweeps, budget, work_deadline, deadline)
+                step = self._pass(active, run.sweeps, budget, run.work_deadline, deadline)
                 summary.passes += 1
-                in_doubt = in_doubt or self.publisher.in_doubt
+                run.in_doubt = run.in_doubt or self.publisher.in_doubt
                 lost: frozenset[int] = frozenset()
                 if step.plan:
-                    result = self.store.finalize(token, owned, step.plan, self._lease_seconds(deadline))
+                    result = self.store.finalize(
+                        run.token, run.owned, step.plan, self._lease_seconds(deadline)
+                    )
                     summary.published += result.published
                     summary.retried += result.retried
                     summary.dead_lettered += result.dead
@@ -159,20 +166,53 @@ class Relay:
                 if lost:
                     summary.lease_lost += len(lost)
                     log.warning("lease lost", extra={"shards": sorted(lost)})
-                    owned = [s for s in owned if s not in lost]
-                    done.update(lost)
+                    run.owned = [s for s in run.owned if s not in lost]
+                    run.done.update(lost)
                 if step.unavailable is not None:
                     summary.error = f"kafka unavailable: {step.unavailable}"
                     summary.stopped_by = "kafka_unavailable"
                     break
         finally:
-            if owned:
+            if run.owned:
                 # After a timed-out flush, sends may still land: keep others out for the margin.
-                grace = self.settings.lease_margin_seconds if in_doubt else 0.0
+                grace = self.settings.lease_margin_seconds if run.in_doubt else 0.0
                 try:
-                    self.store.release(token, owned, grace)
+                    self.store.release(run.token, run.owned, grace)
                 except StoreUnavailable:
                     log.warning("could not release shards; their leases expire on their own")
+
+    def _refill(self, run: _Run, summary: Summary) -> bool:
+        """Find more work once every owned shard is idle; False when the run is done."""
+        now = self.clock.monotonic()
+        limit = self.settings.max_shards_per_run
+        if run.poll_until is not None and now < run.poll_until:
+            # Poll window: keep the shards, look for free ones now and then, re-read after a nap.
+            if now >= run.next_acquire and not (limit and len(run.owned) >= limit):
+                more = self._acquire(run, summary, limit - len(run.owned) if limit else 0, set(run.owned))
+                run.next_acquire = now + (
+                    ACQUIRE_EVERY_SECONDS if run.owned else self.settings.poll_interval_seconds
+                )
+                if more:
+                    return True
+            self.clock.sleep(min(self.settings.poll_interval_seconds, run.poll_until - now))
+            run.sweeps = {shard: _ShardSweep() for shard in run.owned}
+            return True
+        if run.owned:
+            self.store.release(run.token, run.owned, 0.0)
+            run.done.update(run.owned)
+            run.owned = []
+        return bool(self._acquire(run, summary, limit, run.done))
+
+    def _acquire(self, run: _Run, summary: Summary, limit: int, exclude: set[int]) -> list[int]:
+        more = self.store.acquire_shards(
+            run.token, self.owner, self._lease_seconds(run.deadline), limit, exclude
+        )
+        run.owned += more
+        run.sweeps.update({shard: _ShardSweep() for shard in more})
+        summary.shards += len(more)
+        if more:
+            log.info("shards leased", extra={"shards": more, "owner": self.owner})
+        return more
 
     def _event_budget(self, summary: Summary) -> int | None:
         if self.settings.max_events is None:
@@ -274,18 +314,32 @@ class Relay:
 
     # --- dry run ------------------------------------------------------------------------
 
-    def _dry_run(self, summary: Summary) -> None:
-        """Read (without leasing or writing) what the next run would publish first."""
+    def preview(self, limit: int) -> list[tuple[OutboxRecord, str]]:
+        """What the next run would do first, row by row, without leasing, writing or sending:
+        ``publish to <topic>``, ``dead-letter: <reason>`` or why the row waits."""
         shards = self.store.shard_ids()
-        limit = max(1, math.ceil(self.settings.batch_size / max(1, len(shards))))
-        records = self.store.read_heads(dict.fromkeys(shards, 0), limit)
-        cap = self.settings.max_events
-        selection = ordering.select(records, set(), self._encode, cap)
-        summary.would_publish = len(selection.sendable)
-        summary.dead_lettered = 0
+        per_shard = max(1, math.ceil(limit / max(1, len(shards))))
+        records = self.store.read_heads(dict.fromkeys(shards, 0), per_shard)
+        selection = ordering.select(records, set(), self._encode, limit)
+        verdicts = {r.id: f"publish to {m.topic}" for r, m in selection.sendable}
+        verdicts |= {r.id: f"dead-letter: {reason}" for r, reason in selection.invalid}
+        out: list[tuple[OutboxRecord, str]] = []
+        for record in records:
+            if record.id in verdicts:
+                out.append((record, verdicts[record.id]))
+            elif not record.due:
+                out.append((record, f"backing off (attempt {record.attempts})"))
+            else:
+                out.append((record, "waits behind an earlier event of its aggregate"))
+        return out[:limit]
+
+    def _dry_run(self, summary: Summary) -> None:
+        preview = self.preview(self.settings.max_events or self.settings.batch_size)
+        summary.would_publish = sum(1 for _, verdict in preview if verdict.startswith("publish"))
         summary.stopped_by = "dry_run"
-        for record, reason in selection.invalid:
-            log.info("dry run: would dead-letter", extra={"outbox_id": record.id, "reason": reason})
+        for record, verdict in preview:
+            if verdict.startswith("dead-letter"):
+                log.info("dry run: would dead-letter", extra={"outbox_id": record.id, "reason": verdict})
 
     # --- metrics ------------------------------------------------------------------------
 

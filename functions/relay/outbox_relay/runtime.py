@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities import parameters
 
+from .admin_mysql import OutboxAdmin
 from .config import Config, RelaySettings
 from .db import connector
 from .deadletter_sqs import SqsDeadLetterSink
@@ -32,7 +33,10 @@ class Runtime:
         self.config = config
         db = config.database
         self.store = MySQLOutboxStore(
-            connector(db, _read_secret), OutboxSql(db.table), db.lock_wait_timeout_seconds
+            connector(db, _read_secret),
+            OutboxSql(db.table),
+            db.lock_wait_timeout_seconds,
+            delete_on_publish=config.retention.published_seconds == 0,
         )
         self.publisher = KafkaPublisher(
             config.kafka, extra_config=lambda: auth_config(config.kafka, _read_secret)
@@ -52,6 +56,10 @@ class Runtime:
             owner,
             random.Random(),
         )
+
+    def admin(self) -> OutboxAdmin:
+        self.store.check()
+        return OutboxAdmin(self.store, self.config.relay.topic_template)
 
     def close(self) -> None:
         self.publisher.close()

@@ -129,6 +129,13 @@ class OutboxSql:
             f" AND shard IN ({_marks(shards)})"
         )
 
+    def delete_published(self, ids: int, shards: int) -> str:
+        """Delete-on-publish (retention 0): parameters ids, then shards."""
+        return (
+            f"DELETE FROM `{self.table}` WHERE status = 'PENDING' AND id IN ({_marks(ids)})"
+            f" AND shard IN ({_marks(shards)})"
+        )
+
     def schedule_retry(self, shards: int) -> str:
         """Parameters: attempts increment (0 or 1), delay µs, error, id, then shards."""
         return (
@@ -159,6 +166,87 @@ class OutboxSql:
             "SELECT GREATEST(TIMESTAMPDIFF(MICROSECOND, created_at, UTC_TIMESTAMP(6)), 0)"
             f" FROM `{self.table}` WHERE id = %s"
         )
+
+    # --- retention (the janitor): bounded batches, one autocommit statement each ---------
+    # Under READ COMMITTED a DELETE skips rows whose committed version does not match, so it
+    # never waits for the relay's finalize nor blocks the application's INSERTs (new ids).
+
+    @property
+    def purge_published(self) -> str:
+        """Parameters: shard, retention seconds, limit."""
+        return (
+            f"DELETE FROM `{self.table}` WHERE shard = %s AND status = 'PUBLISHED'"
+            " AND published_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND ORDER BY id LIMIT %s"
+        )
+
+    @property
+    def purge_dead(self) -> str:
+        """Parameters: shard, retention seconds, limit."""
+        return (
+            f"DELETE FROM `{self.table}` WHERE shard = %s AND status = 'DEAD'"
+            " AND dead_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND ORDER BY id LIMIT %s"
+        )
+
+    # --- operator commands ----------------------------------------------------------------
+
+    def counts_by_route(self, shards: int) -> str:
+        """Pending and dead rows per route (aggregate and event type, explicit topic), read
+        through the shard index (published rows are not scanned)."""
+        return (
+            f"SELECT aggregate_type, event_type, topic, status, COUNT(*) FROM `{self.table}`"
+            f" WHERE shard IN ({_marks(shards)}) AND status IN ('PENDING', 'DEAD')"
+            " GROUP BY aggregate_type, event_type, topic, status"
+        )
+
+    @property
+    def published_count(self) -> str:
+        return f"SELECT COUNT(*) FROM `{self.table}` WHERE status = 'PUBLISHED'"
+
+    @property
+    def leases(self) -> str:
+        return (
+            f"SELECT shard, lease_owner, fence,"
+            " GREATEST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), lease_until), 0) / 1e6"
+            f" FROM `{self.shard_table}` WHERE lease_until > UTC_TIMESTAMP(6) ORDER BY shard"
+        )
+
+    def dead_rows(self, ids: int) -> str:
+        """DEAD rows by id; ``ids`` = 0 lists them all (oldest first)."""
+        where = f" AND id IN ({_marks(ids)})" if ids else ""
+        return (
+            f"SELECT id, event_id, aggregate_type, aggregate_id, shard FROM `{self.table}`"
+            f" WHERE status = 'DEAD'{where} ORDER BY id"
+        )
+
+    @property
+    def dead_rows_by_event_id(self) -> str:
+        return (
+            f"SELECT id, event_id, aggregate_type, aggregate_id, shard FROM `{self.table}`"
+            " WHERE status = 'DEAD' AND event_id = %s"
+        )
+
+    def redrive_dead(self, ids: int) -> str:
+        """DEAD → PENDING, due now, attempts reset.  Ids are unchanged, so the event takes its
+        old place in its aggregate's order."""
+        return (
+            f"UPDATE `{self.table}` SET status = 'PENDING', attempts = 0, last_error = NULL, dead_at = NULL,"
+            f" available_at = '1970-01-01 00:00:00.000000' WHERE status = 'DEAD' AND id IN ({_marks(ids)})"
+        )
+
+    @property
+    def republish_after(self) -> str:
+        """An aggregate's events published after a redriven one go out again after it, so the
+        last copy of each event in Kafka is in outbox order.  Parameters: shard, after id, type, id
+        (a range scan of the shard index)."""
+        return (
+            f"UPDATE `{self.table}` SET status = 'PENDING', published_at = NULL,"
+            " available_at = '1970-01-01 00:00:00.000000'"
+            " WHERE shard = %s AND status = 'PUBLISHED' AND id > %s"
+            " AND aggregate_type = %s AND aggregate_id = %s"
+        )
+
+    def purge_dead_ids(self, ids: int) -> str:
+        return f"DELETE FROM `{self.table}` WHERE status = 'DEAD' AND id IN ({_marks(ids)})"
 
     # --- migrations -----------------------------------------------------------------------
 

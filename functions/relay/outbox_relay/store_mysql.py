@@ -33,15 +33,23 @@ RETRIES = 4
 Connect: TypeAlias = "Callable[[], pymysql.connections.Connection[Any]]"
 
 
-def _micros(seconds: float) -> int:
+def micros(seconds: float) -> int:
     return max(0, round(seconds * 1_000_000))
 
 
 class MySQLOutboxStore:
     """:class:`~outbox_relay.ports.OutboxStore` on one PyMySQL connection (not thread-safe)."""
 
-    def __init__(self, connect: Connect, sql: OutboxSql, lock_wait_timeout_seconds: int = 5) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        sql: OutboxSql,
+        lock_wait_timeout_seconds: int = 5,
+        delete_on_publish: bool = False,
+    ) -> None:
         self._connect = connect
+        # Retention 0: a published row is deleted in the finalize instead of marked PUBLISHED.
+        self.delete_on_publish = delete_on_publish
         self.sql = sql
         self._lock_wait = lock_wait_timeout_seconds
         self._conn: pymysql.connections.Connection[Any] | None = None
@@ -74,7 +82,9 @@ class MySQLOutboxStore:
             with contextlib.suppress(pymysql.err.Error):
                 conn.close()
 
-    def _retrying(self, work: Callable[[pymysql.connections.Connection[Any]], T], what: str) -> T:
+    def run(self, work: Callable[[pymysql.connections.Connection[Any]], T], what: str) -> T:
+        """Run ``work`` on the connection; retry deadlocks, lock waits and lost connections
+        (``work`` must be idempotent); anything else raises :class:`StoreUnavailable`."""
         last: Exception | None = None
         for attempt in range(RETRIES):
             try:
@@ -83,11 +93,11 @@ class MySQLOutboxStore:
                 code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
                 last = exc
                 if code in (DEADLOCK, LOCK_WAIT_TIMEOUT):
-                    self._rollback()
+                    self.rollback()
                 elif code in CONNECTION_LOST or code == 0:
                     self.close()
                 else:
-                    self._rollback()
+                    self.rollback()
                     raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
             except (pymysql.err.InterfaceError, ConnectionError, OSError) as exc:
                 last = exc
@@ -98,7 +108,7 @@ class MySQLOutboxStore:
             time.sleep(random.uniform(0.0, 0.05 * 2**attempt))
         raise StoreUnavailable(f"{what}: {_describe(last)}")
 
-    def _rollback(self) -> None:
+    def rollback(self) -> None:
         if self._conn is not None:
             try:
                 self._conn.rollback()
@@ -115,7 +125,7 @@ class MySQLOutboxStore:
                     cur.execute(self.sql.all_shards)
                     return [int(row[0]) for row in cur.fetchall()]
 
-            self._shards = self._retrying(work, "list shards")
+            self._shards = self.run(work, "list shards")
         return self._shards
 
     def acquire_shards(
@@ -130,14 +140,12 @@ class MySQLOutboxStore:
                 for shard in free:
                     if limit and taken >= limit:
                         break
-                    taken += cur.execute(
-                        self.sql.acquire_shard, (token, owner, _micros(lease_seconds), shard)
-                    )
+                    taken += cur.execute(self.sql.acquire_shard, (token, owner, micros(lease_seconds), shard))
                 # Authoritative even when an acquire's outcome was lost with the connection.
                 cur.execute(self.sql.owned_shards, (token,))
                 return [int(row[0]) for row in cur.fetchall()]
 
-        return self._retrying(work, "acquire shards")
+        return self.run(work, "acquire shards")
 
     def release(self, token: bytes, shards: Sequence[int], grace_seconds: float) -> None:
         if not shards:
@@ -145,9 +153,9 @@ class MySQLOutboxStore:
 
         def work(conn: pymysql.connections.Connection[Any]) -> None:
             with conn.cursor() as cur:
-                cur.execute(self.sql.release_shards(len(shards)), (_micros(grace_seconds), token, *shards))
+                cur.execute(self.sql.release_shards(len(shards)), (micros(grace_seconds), token, *shards))
 
-        self._retrying(work, "release shards")
+        self.run(work, "release shards")
 
     # --- reading ------------------------------------------------------------------------
 
@@ -180,7 +188,7 @@ class MySQLOutboxStore:
                 for r in sorted(rows, key=lambda r: (r[10], r[0]))
             ]
 
-        return self._retrying(work, "read pending rows")
+        return self.run(work, "read pending rows")
 
     def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
         def work(conn: pymysql.connections.Connection[Any]) -> set[AggregateKey]:
@@ -188,7 +196,7 @@ class MySQLOutboxStore:
                 cur.execute(self.sql.pending_keys_up_to, (shard, max_id))
                 return {(str(r[0]), str(r[1])) for r in cur.fetchall()}
 
-        return self._retrying(work, "read blocked aggregates")
+        return self.run(work, "read blocked aggregates")
 
     def pending_stats(self) -> PendingStats:
         shards = self.shard_ids()
@@ -204,7 +212,7 @@ class MySQLOutboxStore:
                     age = int(row[0]) / 1_000_000 if row and row[0] is not None else 0.0
                 return PendingStats(int(count), age)
 
-        return self._retrying(work, "read pending stats")
+        return self.run(work, "read pending stats")
 
     # --- the fenced finalize ------------------------------------------------------------
 
@@ -228,8 +236,11 @@ class MySQLOutboxStore:
                         return FinalizeResult(0, 0, 0, lost)
                     published = retried = dead = 0
                     if plan.published:
+                        mark = (
+                            self.sql.delete_published if self.delete_on_publish else self.sql.mark_published
+                        )
                         published = cur.execute(
-                            self.sql.mark_published(len(plan.published), len(kept)), [*plan.published, *kept]
+                            mark(len(plan.published), len(kept)), [*plan.published, *kept]
                         )
                     retry_sql = self.sql.schedule_retry(len(kept))
                     for d in plan.retries:
@@ -237,7 +248,7 @@ class MySQLOutboxStore:
                             retry_sql,
                             (
                                 1 if d.charge_attempt else 0,
-                                _micros(d.delay_seconds),
+                                micros(d.delay_seconds),
                                 d.error[:1024],
                                 d.record_id,
                                 *kept,
@@ -246,14 +257,14 @@ class MySQLOutboxStore:
                     dead_sql = self.sql.mark_dead(len(kept))
                     for record_id, reason in plan.dead:
                         dead += cur.execute(dead_sql, (reason[:1024], record_id, *kept))
-                    cur.execute(self.sql.renew_shards(len(kept)), (_micros(lease_seconds), token, *kept))
+                    cur.execute(self.sql.renew_shards(len(kept)), (micros(lease_seconds), token, *kept))
                 conn.commit()
             except BaseException:
-                self._rollback()
+                self.rollback()
                 raise
             return FinalizeResult(published, retried, dead, lost)
 
-        return self._retrying(work, "finalize")
+        return self.run(work, "finalize")
 
 
 def _describe(exc: BaseException | None) -> str:
