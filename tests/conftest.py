@@ -89,7 +89,12 @@ def invoke(relay_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
     from outbox_relay.cli import LocalContext
     from outbox_relay.handler import lambda_handler
 
+    extra: set[str] = set()
+
     def call(event: Any = None, timeout: float = 60.0, **env: str) -> dict[str, Any]:
+        for key in extra - set(env) - set(relay_env):  # one call's overrides do not leak into the next
+            monkeypatch.delenv(key, raising=False)
+        extra.update(env)
         for key, value in {**relay_env, **env}.items():
             monkeypatch.setenv(key, value)
         result: dict[str, Any] = lambda_handler({} if event is None else event, LocalContext(timeout))

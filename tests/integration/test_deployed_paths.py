@@ -38,7 +38,7 @@ def test_a_wrong_secret_is_one_clear_error_and_no_traceback(database: support.Da
     arn = _secret({"username": support.DB_USER, "password": "wrong"})
     result = invoke(OUTBOX_DB_PASSWORD="", OUTBOX_DB_SECRET_ARN=arn)
     assert result["ok"] is False and result["stopped_by"] == "database_unavailable"
-    assert result["error"].startswith("database unavailable: acquire shards: (1045) Access denied")
+    assert result["error"].startswith("database error: acquire shards: (1045) Access denied")
 
 
 @pytest.mark.parametrize("mode", ["required", "verify"])

@@ -70,10 +70,15 @@ def test_sam_transform_gives_an_arm64_python_function_on_a_schedule() -> None:
     assert set(props["VpcConfig"]) == {"SubnetIds", "SecurityGroupIds"}
     env = props["Environment"]["Variables"]
     assert "OUTBOX_DB_PASSWORD" not in env and env["OUTBOX_DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}
-    (schedule,) = resources("AWS::Scheduler::Schedule").values()
-    assert schedule["Properties"]["ScheduleExpression"] == {"Ref": "ScheduleExpression"}
-    assert schedule["Properties"]["State"] == {"Ref": "ScheduleState"}
-    assert schedule["Properties"]["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    schedules = {
+        s["Properties"]["ScheduleExpression"]["Ref"]: s["Properties"]
+        for s in resources("AWS::Scheduler::Schedule").values()
+    }
+    assert set(schedules) == {"ScheduleExpression", "JanitorScheduleExpression"}
+    for schedule in schedules.values():
+        assert schedule["State"] == {"Ref": "ScheduleState"}
+        assert schedule["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    assert json.loads(schedules["JanitorScheduleExpression"]["Target"]["Input"])["action"] == "janitor"
     (invoke_config,) = resources("AWS::Lambda::EventInvokeConfig").values()
     assert invoke_config["Properties"]["MaximumRetryAttempts"] == 0
 

@@ -133,7 +133,12 @@ class OutboxAdmin:
                         report.deleted_published += deleted
                     else:
                         report.deleted_dead += deleted
-                    if report.batches % REPORT_EVERY_BATCHES == 0:
+                    if (
+                        deleted
+                        and (report.deleted_published + report.deleted_dead)
+                        % (REPORT_EVERY_BATCHES * retention.batch_size)
+                        < deleted
+                    ):
                         progress(
                             f"{report.batches} batches: {report.deleted_published} published and "
                             f"{report.deleted_dead} dead rows deleted (at shard {shard})"

@@ -16,6 +16,11 @@ class InvalidEvent(ValueError):
     """The row can never be published as it is; the message is the dead-letter reason."""
 
 
+def legal_topic(name: str) -> bool:
+    """Kafka's rule: 1 to 249 of ``[A-Za-z0-9._-]``, and not ``.`` or ``..``."""
+    return _TOPIC.fullmatch(name) is not None and name not in (".", "..")
+
+
 def topic_for(record: OutboxRecord, template: str) -> str:
     """The row's explicit ``topic``, else the template (default ``outbox.event.{aggregate_type}``)."""
     if record.topic:
@@ -30,7 +35,7 @@ def encode(record: OutboxRecord, settings: RelaySettings) -> Message:
     Raises :class:`InvalidEvent` for anything Kafka would reject or consumers could not read.
     """
     topic = topic_for(record, settings.topic_template)
-    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+    if not legal_topic(topic):
         raise InvalidEvent(f"topic {topic[:300]!r} is not a legal Kafka topic name")
     size = len(record.payload)
     if size > settings.max_message_bytes:

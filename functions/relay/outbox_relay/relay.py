@@ -116,7 +116,7 @@ class Relay:
             summary.pending = stats.pending
             summary.oldest_pending_age_seconds = stats.oldest_pending_age_seconds
         except StoreUnavailable as exc:
-            summary.error = summary.error or f"database unavailable: {exc}"
+            summary.error = summary.error or f"database error: {exc}"
             summary.stopped_by = "database_unavailable"
         self._emit(summary, self.clock.monotonic() - started)
         return summary
@@ -317,10 +317,10 @@ class Relay:
     def preview(self, limit: int) -> list[tuple[OutboxRecord, str]]:
         """What the next run would do first, row by row, without leasing, writing or sending:
         ``publish to <topic>``, ``dead-letter: <reason>`` or why the row waits."""
-        shards = self.store.shard_ids()
-        per_shard = max(1, math.ceil(limit / max(1, len(shards))))
-        records = self.store.read_heads(dict.fromkeys(shards, 0), per_shard)
-        selection = ordering.select(records, set(), self._encode, limit)
+        records = self.store.read_heads(dict.fromkeys(self.store.shard_ids(), 0), limit)
+        records.sort(key=lambda r: r.id)
+        records = records[:limit]
+        selection = ordering.select(records, set(), self._encode)
         verdicts = {r.id: f"publish to {m.topic}" for r, m in selection.sendable}
         verdicts |= {r.id: f"dead-letter: {reason}" for r, reason in selection.invalid}
         out: list[tuple[OutboxRecord, str]] = []
@@ -331,7 +331,7 @@ class Relay:
                 out.append((record, f"backing off (attempt {record.attempts})"))
             else:
                 out.append((record, "waits behind an earlier event of its aggregate"))
-        return out[:limit]
+        return out
 
     def _dry_run(self, summary: Summary) -> None:
         preview = self.preview(self.settings.max_events or self.settings.batch_size)

@@ -167,6 +167,15 @@ class OutboxSql:
             f" FROM `{self.table}` WHERE id = %s"
         )
 
+    # --- the writer's helper and the consumer's helper ----------------------------------
+
+    @property
+    def insert_event(self) -> str:
+        return (
+            f"INSERT INTO `{self.table}` (event_id, aggregate_type, aggregate_id, event_type, payload,"
+            " topic, headers, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+
     # --- retention (the janitor): bounded batches, one autocommit statement each ---------
     # Under READ COMMITTED a DELETE skips rows whose committed version does not match, so it
     # never waits for the relay's finalize nor blocks the application's INSERTs (new ids).
@@ -272,6 +281,44 @@ class OutboxSql:
     def rename_tables(self, ddl: str) -> str:
         """Point a migration written for `outbox` / `outbox_shard` at this table's names."""
         return ddl.replace("`outbox_shard`", f"`{self.shard_table}`").replace("`outbox`", f"`{self.table}`")
+
+
+@dataclass(frozen=True)
+class ProcessedEventsSql:
+    """The consumer's de-duplication table (in the consumer's own database)."""
+
+    table: str = "processed_events"
+
+    def __post_init__(self) -> None:
+        if not valid_identifier(self.table):
+            raise ValueError(f"invalid table name {self.table!r}")
+
+    @property
+    def create(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS `{self.table}` ("
+            " event_id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,"
+            " topic VARCHAR(249) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,"
+            " kafka_partition INT NOT NULL, kafka_offset BIGINT NOT NULL,"
+            " processed_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),"
+            " KEY ix_processed_at (processed_at)) ENGINE = InnoDB"
+        )
+
+    @property
+    def claim(self) -> str:
+        """Affected rows 0 = already processed (or being processed by a transaction that then
+        commits: the insert waits for it on the primary key)."""
+        return (
+            f"INSERT IGNORE INTO `{self.table}` (event_id, topic, kafka_partition, kafka_offset)"
+            " VALUES (%s, %s, %s, %s)"
+        )
+
+    @property
+    def forget_older_than(self) -> str:
+        return (
+            f"DELETE FROM `{self.table}` WHERE processed_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
+            " ORDER BY processed_at LIMIT %s"
+        )
 
 
 def _marks(count: int) -> str:

@@ -102,6 +102,9 @@ class MySQLOutboxStore:
             except (pymysql.err.InterfaceError, ConnectionError, OSError) as exc:
                 last = exc
                 self.close()
+            except pymysql.err.MySQLError as exc:  # a missing table, a privilege, bad data: not transient
+                self.rollback()
+                raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
             log.warning(
                 "database retry", extra={"operation": what, "attempt": attempt + 1, "error": _describe(last)}
             )

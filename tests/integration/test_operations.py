@@ -1,0 +1,192 @@
+"""Operating the relay: redrive in order, retention in batches beside writers, status."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from outbox_relay import cli
+from tests import support
+from tests.conftest import make_topics
+
+
+def _run_cli(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return cli.main(list(argv))
+
+
+def test_redrive_from_the_dlq_puts_the_event_back_before_its_aggregates_later_events(
+    database: support.Database,
+    topics: support.Topics,
+    dlq: support.Queue,
+    invoke: Any,
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_topics(topics, "acct")
+    big = b'{"memo": "' + b"m" * 3000 + b'"}'
+    events = [
+        support.Event("acct", "A", "e", big if n == 2 else b'{"n": %d}' % n, seq=n) for n in range(1, 6)
+    ]
+    events += [support.Event("acct", "B", "e", b"{}", seq=n) for n in range(1, 4)]
+    database.insert(events)
+
+    # A limit too low for A2: it is dead-lettered, and A's later events go on without it.
+    first = invoke(OUTBOX_MAX_MESSAGE_BYTES="2048")
+    assert (first["published"], first["dead_lettered"]) == (7, 1), first
+    # The limit is raised; the operator redrives what the DLQ holds.
+    assert _run_cli(relay_env, monkeypatch, "redrive", "--from-dlq") == 0
+    out = capsys.readouterr().out
+    assert "redrove 1 event(s) of 1 aggregate(s); 3 later event(s)" in out
+    assert "deleted 1 redriven message(s) from the dead-letter queue" in out
+    assert dlq.messages() == []
+    second = invoke()
+    assert second["published"] == 4 and second["pending"] == 0, second
+
+    records = topics.read("acct")
+    log_order = [int(r.headers["seq"]) for r in records if r.key == b"A"]
+    assert log_order == [1, 3, 4, 5, 2, 3, 4, 5], "A2 back in its place, A3-A5 published again after it"
+    delivered = support.Delivered(records)
+    assert delivered.last_copy_sequences()[(topics.name("acct"), b"A")] == [1, 2, 3, 4, 5]
+    assert delivered.order_violations() == 0
+    assert [int(r.headers["seq"]) for r in records if r.key == b"B"] == [1, 2, 3], "B untouched"
+
+
+def test_redrive_waits_for_a_running_relay_and_changes_nothing_when_it_cannot(
+    database: support.Database,
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database.insert([support.Event("acct", "A", "e", b"{}")])
+    database.query("UPDATE outbox SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6)")
+    database.query(
+        "UPDATE outbox_shard SET lease_owner = 'busy-relay', lease_token = 'xxxxxxxxxxxxxxxx',"
+        " lease_until = UTC_TIMESTAMP(6) + INTERVAL 60 SECOND"
+    )
+
+    assert _run_cli(relay_env, monkeypatch, "redrive", "--ids", "1", "--wait", "0.5") == 2
+
+    assert (
+        "stayed leased by a running relay for 0.5s; try again (nothing was changed)"
+        in capsys.readouterr().err
+    )
+    assert database.status_counts() == {"DEAD": 1}
+
+
+def test_retention_purges_old_rows_in_batches_while_writers_insert_and_never_touches_pending(
+    database: support.Database, invoke: Any
+) -> None:
+    database.insert(support.backlog(30_000, 500))
+    with database.conn() as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE outbox SET status = 'PUBLISHED', published_at = UTC_TIMESTAMP(6) - INTERVAL 2 DAY"
+            " WHERE id <= 25000"
+        )
+        cur.execute(
+            "UPDATE outbox SET status = 'PUBLISHED', published_at = UTC_TIMESTAMP(6)"
+            " WHERE id BETWEEN 25001 AND 27000"
+        )
+        cur.execute(
+            "UPDATE outbox SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6) - INTERVAL 40 DAY"
+            " WHERE id BETWEEN 27001 AND 27500"
+        )
+        cur.execute(
+            "UPDATE outbox SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6) WHERE id BETWEEN 27501 AND 28000"
+        )
+    pending_before = database.query(
+        "SELECT id, attempts, available_at, payload FROM outbox WHERE status = 'PENDING'"
+    )
+    old = database.query(
+        "SELECT shard, SUM(status = 'PUBLISHED' AND published_at < UTC_TIMESTAMP(6) - INTERVAL 1 DAY),"
+        " SUM(status = 'DEAD' AND dead_at < UTC_TIMESTAMP(6) - INTERVAL 30 DAY) FROM outbox GROUP BY shard"
+    )
+    # At most 1000 rows per DELETE, per shard and kind; the last one of each finds fewer.
+    expected_batches = sum(int(p) // 1000 + 1 + int(d) // 1000 + 1 for _, p, d in old)
+    assert len(pending_before) == 2000
+
+    stop = threading.Event()
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        conn = database.conn()
+        try:
+            with conn.cursor() as cur:
+                i = 0
+                while not stop.is_set():
+                    started = time.monotonic()
+                    cur.execute(
+                        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)"
+                        " VALUES ('order', %s, 'New', '{}')",
+                        (f"w{n}-{i % 50}",),
+                    )
+                    latencies.append(time.monotonic() - started)
+                    i += 1
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
+    for w in writers:
+        w.start()
+    try:
+        report = invoke({"action": "janitor"}, OUTBOX_JANITOR_BATCH_SIZE="1000")
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+
+    assert report["ok"], report
+    assert (report["deleted_published"], report["deleted_dead"]) == (25_000, 500)
+    assert report["batches"] == expected_batches
+    assert errors == []
+    assert len(latencies) > 100 and max(latencies) < 0.5, f"a writer waited {max(latencies):.3f}s"
+    counts = database.status_counts()
+    assert counts["PUBLISHED"] == 2000 and counts["DEAD"] == 500
+    pending_after = database.query(
+        "SELECT id, attempts, available_at, payload FROM outbox WHERE status = 'PENDING' AND id <= 30000"
+    )
+    assert pending_after == pending_before, "no pending row touched"
+    assert counts["PENDING"] == 2000 + len(latencies)
+
+
+def test_status_shows_the_backlog_per_topic_and_the_leases_held(
+    database: support.Database,
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database.insert(
+        support.backlog(30, 3, aggregate_type="order") + support.backlog(12, 2, aggregate_type="customer")
+    )
+    database.query("UPDATE outbox SET created_at = UTC_TIMESTAMP(6) - INTERVAL 90 SECOND WHERE id = 1")
+    database.query("UPDATE outbox SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6) WHERE id IN (2, 31)")
+    database.query(
+        "UPDATE outbox_shard SET lease_owner = 'relay-7f3a', lease_token = 'tttttttttttttttt', fence = 4,"
+        " lease_until = UTC_TIMESTAMP(6) + INTERVAL 50 SECOND WHERE shard = 3"
+    )
+
+    assert (
+        _run_cli(
+            {**relay_env, "OUTBOX_TOPIC_TEMPLATE": "outbox.event.{aggregate_type}"}, monkeypatch, "status"
+        )
+        == 0
+    )
+
+    out = capsys.readouterr().out
+    print(out)
+    lines = out.splitlines()
+    assert lines[1].split() == ["PENDING", "OLDEST", "PENDING", "(s)", "DEAD", "PUBLISHED", "(retained)"]
+    pending, oldest, dead, published = lines[3].split()
+    assert (pending, dead, published) == ("40", "2", "0") and 90 <= float(oldest) < 100
+    assert "outbox.event.customer       11     1" in out
+    assert "outbox.event.order          29     1" in out
+    assert "leases held: 1" in out
+    assert lines[-1].split()[:3] == ["3", "relay-7f3a", "4"] and 45 < float(lines[-1].split()[3]) <= 50
