@@ -5,7 +5,7 @@ STAMP := .venv/.installed
 TOOLS := .venv-tools/bin
 RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
-.PHONY: dev venv tools stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
+.PHONY: bench dev venv tools stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
 	format build fetch-rds-ca clean
 
 dev: venv stack-up migrate          ## everything for local work
@@ -32,6 +32,10 @@ demo: venv                          ## the relay end to end on the local stack
 
 test: venv stack-up                 ## the whole suite, on the real local stack
 	$(PY)/pytest -q
+
+bench: venv stack-up                ## relay vs naive vs raw limits; docs/performance.md explains
+	$(PY)/pip install --quiet -e '.[bench]'
+	$(PY)/python bench/relay_bench.py
 
 test-unit: venv                     ## pure unit tests, no stack
 	$(PY)/pytest -q tests/unit

@@ -10,8 +10,8 @@ from typing import Any
 from outbox_relay.config import load_config
 from outbox_relay.db import connector
 from outbox_relay.kafka_tools import read_topics
-from outbox_relay.model import DeadLetter, Delivery, Message, SendResult
-from outbox_relay.ports import NullMetrics, SystemClock
+from outbox_relay.model import DeadLetter, Delivery, Message
+from outbox_relay.ports import NullMetrics, Settled, SystemClock
 from outbox_relay.publisher_kafka import KafkaPublisher
 from outbox_relay.relay import Relay
 from outbox_relay.sql import OutboxSql
@@ -67,13 +67,13 @@ class _TakeoverDuringFlush:
     def close(self) -> None:
         self.inner.close()
 
-    def publish(self, messages: Sequence[Message], deadline: float) -> list[SendResult]:
-        results = self.inner.publish(messages, deadline)
+    def send(self, messages: Sequence[Message], deadline: float) -> Settled:
+        results = self.inner.send(messages, deadline).wait(deadline)
         if not self.fired and messages:
             self.fired = True
             assert all(r.delivery is Delivery.DELIVERED for r in results)
             self.on_published()
-        return results
+        return Settled(results)
 
 
 def test_stale_lease_cannot_finalize_and_the_taker_over_publishes(

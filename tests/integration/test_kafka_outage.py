@@ -19,18 +19,18 @@ def test_kafka_killed_mid_run_leaves_rows_pending_with_attempts_unchanged_then_d
     events = support.backlog(5_000, 100)
     database.insert(events)
     make_topics(topics, "order")
-    original = KafkaPublisher.publish
+    original = KafkaPublisher.send
     calls = {"n": 0}
     killer: list[threading.Thread] = []
 
-    def publish_then_crash_broker(self: KafkaPublisher, messages: Any, deadline: float) -> Any:
+    def send_then_crash_broker(self: KafkaPublisher, messages: Any, deadline: float) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:  # the second batch is in flight when the broker dies
             killer.append(threading.Thread(target=support.stack, args=("kill", "kafka")))
             killer[0].start()
         return original(self, messages, deadline)
 
-    monkeypatch.setattr(KafkaPublisher, "publish", publish_then_crash_broker)
+    monkeypatch.setattr(KafkaPublisher, "send", send_then_crash_broker)
     fast_failure = {
         "KAFKA_REQUEST_TIMEOUT_MS": "2000",
         "KAFKA_DELIVERY_TIMEOUT_MS": "4000",
@@ -53,7 +53,7 @@ def test_kafka_killed_mid_run_leaves_rows_pending_with_attempts_unchanged_then_d
     finally:
         support.stack("up", "kafka")
 
-    monkeypatch.setattr(KafkaPublisher, "publish", original)
+    monkeypatch.setattr(KafkaPublisher, "send", original)
     after = invoke(timeout=60)
 
     assert after["ok"] and after["pending"] == 0, after

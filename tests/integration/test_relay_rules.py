@@ -17,7 +17,7 @@ from outbox_relay.config import load_config
 from outbox_relay.db import connector
 from outbox_relay.deadletter_sqs import SqsDeadLetterSink
 from outbox_relay.model import Delivery, Message, SendResult
-from outbox_relay.ports import NullMetrics, SystemClock
+from outbox_relay.ports import NullMetrics, Settled, SystemClock
 from outbox_relay.relay import Relay
 from outbox_relay.sql import OutboxSql
 from outbox_relay.store_mysql import MySQLOutboxStore
@@ -32,12 +32,14 @@ class ScriptedPublisher:
         self.sent: list[Message] = []
         self.in_doubt = False
 
-    def publish(self, messages: Sequence[Message], deadline: float) -> list[SendResult]:
+    def send(self, messages: Sequence[Message], deadline: float) -> Settled:
         self.sent += messages
-        return [
-            SendResult(d, "" if d is Delivery.DELIVERED else f"scripted {d.value}")
-            for d in map(self.script, messages)
-        ]
+        return Settled(
+            [
+                SendResult(d, "" if d is Delivery.DELIVERED else f"scripted {d.value}")
+                for d in map(self.script, messages)
+            ]
+        )
 
     def close(self) -> None:
         pass

@@ -35,7 +35,7 @@ class InvocationError(ValueError):
 class RelaySettings:
     """Knobs of the relay core.  Defaults are safe for a 1-minute schedule."""
 
-    batch_size: int = 500
+    batch_size: int = 2000
     max_attempts: int = 10
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 900.0
@@ -274,7 +274,7 @@ def _relay(r: _Reader) -> RelaySettings:
     if cap < base:
         r.problems.append("OUTBOX_BACKOFF_MAX_SECONDS must be at least OUTBOX_BACKOFF_BASE_SECONDS")
     return RelaySettings(
-        batch_size=r.number("OUTBOX_BATCH_SIZE", 500, int, 1, 10_000),
+        batch_size=r.number("OUTBOX_BATCH_SIZE", 2000, int, 1, 10_000),
         max_attempts=r.number("OUTBOX_MAX_ATTEMPTS", 10, int, 1, 1000),
         backoff_base_seconds=base,
         backoff_max_seconds=cap,

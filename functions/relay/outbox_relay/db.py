@@ -67,6 +67,8 @@ def connector(settings: DatabaseSettings, read_secret: SecretReader | None = Non
             read_timeout=30,
             write_timeout=30,
             ssl=tls,
+            # PyMySQL otherwise negotiates TLS whenever the server offers it ("preferred").
+            ssl_disabled=tls is None,
         )
 
     return connect

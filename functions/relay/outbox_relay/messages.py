@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -16,6 +17,7 @@ class InvalidEvent(ValueError):
     """The row can never be published as it is; the message is the dead-letter reason."""
 
 
+@functools.lru_cache(maxsize=1024)
 def legal_topic(name: str) -> bool:
     """Kafka's rule: 1 to 249 of ``[A-Za-z0-9._-]``, and not ``.`` or ``..``."""
     return _TOPIC.fullmatch(name) is not None and name not in (".", "..")

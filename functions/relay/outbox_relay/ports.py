@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from .model import (
@@ -32,8 +33,11 @@ class OutboxStore(Protocol):
         compare-and-set; returns the shards ``token`` now owns."""
         ...
 
-    def read_heads(self, cursors: Mapping[int, int], limit: int) -> list[OutboxRecord]:
-        """Up to ``limit`` pending rows per shard with id above the shard's cursor, in id order."""
+    def read_heads(
+        self, cursors: Mapping[int, int], limit: int, exclude: Mapping[int, Sequence[int]] | None = None
+    ) -> list[OutboxRecord]:
+        """Up to ``limit`` pending rows per shard with id above the shard's cursor, in id order,
+        leaving out the ids in ``exclude`` (rows in flight)."""
         ...
 
     def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
@@ -60,14 +64,30 @@ class OutboxStore(Protocol):
         ...
 
 
+class InFlight(Protocol):
+    """A batch handed to Kafka."""
+
+    def wait(self, deadline: float) -> list[SendResult]:
+        """Flush once and return one result per message, in order.  Blocks until every send
+        completed or ``deadline`` (monotonic seconds) is reached."""
+        ...
+
+
+@dataclass(frozen=True)
+class Settled:
+    """An :class:`InFlight` whose results are already known."""
+
+    results: list[SendResult]
+
+    def wait(self, deadline: float) -> list[SendResult]:
+        return self.results
+
+
 class Publisher(Protocol):
-    """Sends messages to Kafka and waits for the acknowledgements."""
+    """Sends messages to Kafka; the acknowledgements are awaited with :meth:`InFlight.wait`."""
 
-    def publish(self, messages: Sequence[Message], deadline: float) -> list[SendResult]:
-        """Send all, flush once, and return one result per message, in order.
-
-        Blocks until every send completed or ``deadline`` (monotonic seconds) is reached.
-        """
+    def send(self, messages: Sequence[Message], deadline: float) -> InFlight:
+        """Hand ``messages`` to Kafka without waiting (one batch in flight at a time)."""
         ...
 
     @property

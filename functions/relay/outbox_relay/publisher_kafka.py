@@ -24,6 +24,7 @@ from kafka import errors as kafka_errors
 
 from .config import KafkaSettings
 from .model import AggregateKey, Delivery, Message, SendResult
+from .ports import InFlight, Settled
 
 log = logging.getLogger("outbox_relay")
 
@@ -123,15 +124,26 @@ class KafkaPublisher:
                 raise _Unavailable(f"cannot connect: {_describe(exc)}") from exc
         return self._producer
 
-    def publish(self, messages: Sequence[Message], deadline: float) -> list[SendResult]:
+    def send(self, messages: Sequence[Message], deadline: float) -> InFlight:
+        """Hand the batch to the producer (its sender thread ships it); ``wait`` collects."""
         self._in_doubt = False
         if not messages:
-            return []
+            return Settled([])
         try:
             producer = self._ensure(deadline)
         except _Unavailable as exc:
-            return [SendResult(Delivery.UNAVAILABLE, str(exc))] * len(messages)
+            return Settled([SendResult(Delivery.UNAVAILABLE, str(exc))] * len(messages))
         results, futures = self._send_all(producer, messages, deadline)
+        return _Batch(self, producer, messages, results, futures)
+
+    def _collect(
+        self,
+        producer: Any,
+        messages: Sequence[Message],
+        results: list[SendResult | None],
+        futures: list[tuple[int, Any]],
+        deadline: float,
+    ) -> list[SendResult]:
         if futures and self._producer is producer:
             self._flush(producer, deadline)
         poisoned: list[int] = []
@@ -269,6 +281,27 @@ class KafkaPublisher:
 
 class _Unavailable(Exception):
     pass
+
+
+class _Batch:
+    """The futures of one batch; ``wait`` flushes once and classifies every send."""
+
+    def __init__(
+        self,
+        publisher: KafkaPublisher,
+        producer: Any,
+        messages: Sequence[Message],
+        results: list[SendResult | None],
+        futures: list[tuple[int, Any]],
+    ) -> None:
+        self._args = (producer, messages, results, futures)
+        self._publisher = publisher
+        self._results: list[SendResult] | None = None
+
+    def wait(self, deadline: float) -> list[SendResult]:
+        if self._results is None:
+            self._results = self._publisher._collect(*self._args, deadline=deadline)
+        return self._results
 
 
 def _classify(exc: BaseException) -> SendResult:

@@ -10,6 +10,7 @@ import logging
 import math
 import random
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -20,8 +21,10 @@ from .model import (
     AggregateKey,
     DeadLetter,
     FinalizePlan,
+    FinalizeResult,
     OutboxRecord,
     RetryDecision,
+    SendResult,
     Summary,
 )
 from .ports import Clock, DeadLetterSink, Metrics, OutboxStore, Publisher, StoreUnavailable
@@ -65,9 +68,47 @@ class _Run:
 
 @dataclass(slots=True)
 class _Pass:
+    """One batch.  It is finalized one pass later, while the next batch is on the wire; until
+    then its rows stay PENDING, so the next read leaves them out (``in_flight``) and holds back
+    the aggregates it did not deliver in full (``unsettled``)."""
+
     plan: FinalizePlan = field(default_factory=FinalizePlan)
-    progress: set[int] = field(default_factory=set)
+    in_flight: dict[int, list[int]] = field(default_factory=dict)
+    unsettled: set[AggregateKey] = field(default_factory=set)
     unavailable: str | None = None
+
+
+class _Finalizer:
+    """The fenced finalize of one batch at a time.  Given a store of its own (a second
+    connection) it runs in a worker thread, overlapping the next batch's read and send; else it
+    runs inline when started."""
+
+    def __init__(self, store: OutboxStore, background: OutboxStore | None) -> None:
+        self.store = background or store
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-finalize") if background else None
+        self.pending: tuple[_Pass, Future[FinalizeResult] | FinalizeResult | None] | None = None
+
+    def start(self, token: bytes, owned: list[int], step: _Pass, lease_seconds: float) -> None:
+        if not step.plan or not owned:
+            self.pending = (step, None)
+            return
+        args = (token, list(owned), step.plan, lease_seconds)
+        if self.pool is not None:
+            self.pending = (step, self.pool.submit(self.store.finalize, *args))
+        else:
+            self.pending = (step, None)  # recorded first: a failing inline finalize is not retried
+            self.pending = (step, self.store.finalize(*args))
+
+    def join(self) -> tuple[_Pass, FinalizeResult | None] | None:
+        if self.pending is None:
+            return None
+        step, outcome = self.pending
+        self.pending = None
+        return step, outcome.result() if isinstance(outcome, Future) else outcome
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
 
 class Relay:
@@ -88,8 +129,11 @@ class Relay:
         settings: RelaySettings,
         owner: str = "relay",
         rng: random.Random | None = None,
+        finalize_store: OutboxStore | None = None,
     ) -> None:
         self.store = store
+        # A second connection for the finalize, so it runs beside the next batch (optional).
+        self.finalize_store = finalize_store
         self.publisher = publisher
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -128,7 +172,10 @@ class Relay:
     def _relay(self, summary: Summary, deadline: float) -> None:
         """Lease free shards (up to ``max_shards_per_run`` at a time) and drain them pass by pass.
         Then either keep polling them (the poll window) or give them back and take the next
-        free ones, each shard at most once per run."""
+        free ones, each shard at most once per run.
+
+        Passes are pipelined: while batch N is finalized in the database (on the finalize
+        store's own connection), batch N+1 is read and handed to Kafka."""
         run = _Run(
             token=uuid.uuid4().bytes, deadline=deadline, work_deadline=deadline - FINALIZE_RESERVE_SECONDS
         )
@@ -136,50 +183,72 @@ class Relay:
             run.poll_until = min(
                 self.clock.monotonic() + self.settings.poll_window_seconds, run.work_deadline
             )
+        finalizer = _Finalizer(self.store, self.finalize_store)
+        previous: _Pass | None = None  # the batch being finalized: its rows are still PENDING
         try:
             while True:
                 active = sorted(s for s in run.owned if not run.sweeps[s].idle)
                 if not active:
+                    self._join(finalizer, run, summary)
+                    previous = None
                     if self._refill(run, summary):
                         continue
                     summary.stopped_by = "drained"
                     break
-                budget = self._event_budget(summary)
+                budget = self._event_budget(summary, previous)
                 if budget == 0:
                     summary.stopped_by = "max_events"
                     break
                 if self.clock.monotonic() + MIN_PASS_SECONDS >= run.work_deadline:
                     summary.stopped_by = "deadline"
                     break
-                step = self._pass(active, run.sweeps, budget, run.work_deadline, deadline)
+                batch, selection = self._read(active, run.sweeps, budget, previous)
+                in_flight = self.publisher.send([m for _, m in selection.sendable], run.work_deadline)
+                just_finalized = self._join(finalizer, run, summary)
+                step = self._settle(selection, in_flight.wait(run.work_deadline), run.deadline)
+                # A shard with rows in flight is read again once they are finalized: only then
+                # can it tell what is left.
+                self._advance(
+                    batch, run.sweeps, self._page(len(active)), set(step.in_flight) | just_finalized
+                )
                 summary.passes += 1
                 run.in_doubt = run.in_doubt or self.publisher.in_doubt
-                lost: frozenset[int] = frozenset()
-                if step.plan:
-                    result = self.store.finalize(
-                        run.token, run.owned, step.plan, self._lease_seconds(deadline)
-                    )
-                    summary.published += result.published
-                    summary.retried += result.retried
-                    summary.dead_lettered += result.dead
-                    lost = result.lost_shards
-                if lost:
-                    summary.lease_lost += len(lost)
-                    log.warning("lease lost", extra={"shards": sorted(lost)})
-                    run.owned = [s for s in run.owned if s not in lost]
-                    run.done.update(lost)
+                finalizer.start(run.token, run.owned, step, self._lease_seconds(run.deadline))
+                previous = step
                 if step.unavailable is not None:
                     summary.error = f"kafka unavailable: {step.unavailable}"
                     summary.stopped_by = "kafka_unavailable"
                     break
         finally:
-            if run.owned:
-                # After a timed-out flush, sends may still land: keep others out for the margin.
-                grace = self.settings.lease_margin_seconds if run.in_doubt else 0.0
-                try:
-                    self.store.release(run.token, run.owned, grace)
-                except StoreUnavailable:
-                    log.warning("could not release shards; their leases expire on their own")
+            try:
+                self._join(finalizer, run, summary)
+            finally:
+                finalizer.close()
+                if run.owned:
+                    # After a timed-out flush, sends may still land: keep others out for the margin.
+                    grace = self.settings.lease_margin_seconds if run.in_doubt else 0.0
+                    try:
+                        self.store.release(run.token, run.owned, grace)
+                    except StoreUnavailable:
+                        log.warning("could not release shards; their leases expire on their own")
+
+    def _join(self, finalizer: _Finalizer, run: _Run, summary: Summary) -> set[int]:
+        """Wait for the batch being finalized and account for it; shards found taken over are
+        dropped.  Returns the shards that batch had rows in."""
+        joined = finalizer.join()
+        if joined is None:
+            return set()
+        step, result = joined
+        if result is not None:
+            summary.published += result.published
+            summary.retried += result.retried
+            summary.dead_lettered += result.dead
+            if result.lost_shards:
+                summary.lease_lost += len(result.lost_shards)
+                log.warning("lease lost", extra={"shards": sorted(result.lost_shards)})
+                run.owned = [s for s in run.owned if s not in result.lost_shards]
+                run.done.update(result.lost_shards)
+        return set(step.in_flight)
 
     def _refill(self, run: _Run, summary: Summary) -> bool:
         """Find more work once every owned shard is idle; False when the run is done."""
@@ -214,35 +283,38 @@ class Relay:
             log.info("shards leased", extra={"shards": more, "owner": self.owner})
         return more
 
-    def _event_budget(self, summary: Summary) -> int | None:
+    def _event_budget(self, summary: Summary, previous: _Pass | None) -> int | None:
         if self.settings.max_events is None:
             return None
-        return max(0, self.settings.max_events - summary.published)
+        not_final = len(previous.plan.published) if previous is not None else 0
+        return max(0, self.settings.max_events - summary.published - not_final)
 
-    def _pass(
-        self,
-        active: list[int],
-        sweeps: dict[int, _ShardSweep],
-        budget: int | None,
-        work_deadline: float,
-        deadline: float,
-    ) -> _Pass:
-        """Read each active shard's head, send what the ordering rules allow, settle the results."""
-        limit = max(1, math.ceil(self.settings.batch_size / len(active)))
-        records = self.store.read_heads({s: sweeps[s].cursor for s in active}, limit)
-        by_shard: dict[int, list[OutboxRecord]] = {s: [] for s in active}
+    def _read(
+        self, active: list[int], sweeps: dict[int, _ShardSweep], budget: int | None, previous: _Pass | None
+    ) -> tuple[dict[int, list[OutboxRecord]], ordering.Selection]:
+        """Read each active shard's head and apply the head-of-line rule to it."""
+        in_flight = previous.in_flight if previous is not None else {}
+        records = self.store.read_heads(
+            {s: sweeps[s].cursor for s in active}, self._page(len(active)), in_flight
+        )
+        batch: dict[int, list[OutboxRecord]] = {s: [] for s in active}
         for record in records:
-            by_shard[record.shard].append(record)
-        blocked: set[AggregateKey] = set()
+            batch[record.shard].append(record)
+        blocked: set[AggregateKey] = set(previous.unsettled) if previous is not None else set()
         for shard in active:
             if sweeps[shard].cursor:
                 blocked |= self.store.pending_keys_up_to(shard, sweeps[shard].cursor)
         cap = None if budget is None else min(budget, self.settings.batch_size)
-        selection = ordering.select(records, blocked, self._encode, cap)
+        return batch, ordering.select(records, blocked, self._encode, cap)
 
+    def _page(self, shards: int) -> int:
+        """Rows read per shard in a pass: the batch shared by the shards being read."""
+        return max(1, math.ceil(self.settings.batch_size / shards))
+
+    def _settle(self, selection: ordering.Selection, results: list[SendResult], deadline: float) -> _Pass:
+        """Turn Kafka's answers into the batch's finalize plan (dead letters sent first)."""
         step = _Pass()
         sent = [record for record, _ in selection.sendable]
-        results = self.publisher.publish([m for _, m in selection.sendable], work_deadline)
         settled = ordering.settle(list(zip(sent, results, strict=True)))
         step.unavailable = settled.unavailable
         step.plan.published = [r.id for r in settled.published]
@@ -260,10 +332,11 @@ class Relay:
         if letters and self.clock.monotonic() < deadline:
             self._dead_letter(letters, step)
 
-        touched = set(step.plan.published) | {d.record_id for d in step.plan.retries}
-        touched |= {record_id for record_id, _ in step.plan.dead}
-        step.progress = {r.shard for r in records if r.id in touched}
-        self._advance(by_shard, sweeps, limit, step.progress)
+        published = set(step.plan.published)
+        for record in sent + [r for r, _ in selection.invalid]:
+            step.in_flight.setdefault(record.shard, []).append(record.id)
+            if record.id not in published:
+                step.unsettled.add(record.key)
         return step
 
     def _dead_letter(self, letters: list[DeadLetter], step: _Pass) -> None:

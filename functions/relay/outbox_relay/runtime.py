@@ -32,11 +32,14 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         db = config.database
+        connect = connector(db, _read_secret)
+        delete_on_publish = config.retention.published_seconds == 0
         self.store = MySQLOutboxStore(
-            connector(db, _read_secret),
-            OutboxSql(db.table),
-            db.lock_wait_timeout_seconds,
-            delete_on_publish=config.retention.published_seconds == 0,
+            connect, OutboxSql(db.table), db.lock_wait_timeout_seconds, delete_on_publish=delete_on_publish
+        )
+        # The finalize runs on its own connection, beside the next batch's read and send.
+        self.finalize_store = MySQLOutboxStore(
+            connect, OutboxSql(db.table), db.lock_wait_timeout_seconds, delete_on_publish=delete_on_publish
         )
         self.publisher = KafkaPublisher(
             config.kafka, extra_config=lambda: auth_config(config.kafka, _read_secret)
@@ -46,6 +49,7 @@ class Runtime:
 
     def relay(self, settings: RelaySettings, metrics: Metrics, owner: str) -> Relay:
         self.store.check()
+        self.finalize_store.check()
         return Relay(
             self.store,
             self.publisher,
@@ -55,6 +59,7 @@ class Runtime:
             settings,
             owner,
             random.Random(),
+            finalize_store=self.finalize_store,
         )
 
     def admin(self) -> OutboxAdmin:
@@ -64,6 +69,7 @@ class Runtime:
     def close(self) -> None:
         self.publisher.close()
         self.store.close()
+        self.finalize_store.close()
 
 
 _current: Runtime | None = None

@@ -10,6 +10,7 @@ that :class:`OutboxSql` validated.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
@@ -96,16 +97,21 @@ class OutboxSql:
 
     # --- reading the pending head ---------------------------------------------------------
 
-    def read_heads(self, shards: int) -> str:
-        """Each shard's pending rows after a cursor, in id order: one index range scan per shard.
+    def read_heads(self, excluded: Sequence[int]) -> str:
+        """Each shard's pending rows after a cursor, in id order: one index range scan per shard
+        (``excluded[i]`` ids left out of the i-th shard's part: the rows still in flight).
 
-        Parameters per shard: shard, after_id, limit.  ``due`` says whether backoff has passed.
+        Parameters per shard: shard, after_id, the excluded ids, limit.  ``due`` says whether
+        the row's backoff has passed.
         """
-        part = (
-            f"(SELECT {ROW_COLUMNS}, available_at <= UTC_TIMESTAMP(6) AS due FROM `{self.table}`"
-            " WHERE shard = %s AND status = 'PENDING' AND id > %s ORDER BY id LIMIT %s)"
-        )
-        return " UNION ALL ".join([part] * shards)
+        parts = []
+        for count in excluded:
+            skip = f" AND id NOT IN ({_marks(count)})" if count else ""
+            parts.append(
+                f"(SELECT {ROW_COLUMNS}, available_at <= UTC_TIMESTAMP(6) AS due FROM `{self.table}`"
+                f" WHERE shard = %s AND status = 'PENDING' AND id > %s{skip} ORDER BY id LIMIT %s)"
+            )
+        return " UNION ALL ".join(parts)
 
     @property
     def pending_keys_up_to(self) -> str:

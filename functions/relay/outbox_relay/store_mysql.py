@@ -162,16 +162,21 @@ class MySQLOutboxStore:
 
     # --- reading ------------------------------------------------------------------------
 
-    def read_heads(self, cursors: Mapping[int, int], limit: int) -> list[OutboxRecord]:
+    def read_heads(
+        self, cursors: Mapping[int, int], limit: int, exclude: Mapping[int, Sequence[int]] | None = None
+    ) -> list[OutboxRecord]:
         if not cursors:
             return []
         params: list[int] = []
+        excluded: list[int] = []
         for shard, after in cursors.items():
-            params += (shard, after, limit)
+            skip = (exclude or {}).get(shard, ())
+            params += (shard, after, *skip, limit)
+            excluded.append(len(skip))
 
         def work(conn: pymysql.connections.Connection[Any]) -> list[OutboxRecord]:
             with conn.cursor() as cur:
-                cur.execute(self.sql.read_heads(len(cursors)), params)
+                cur.execute(self.sql.read_heads(excluded), params)
                 rows = cur.fetchall()
             return [
                 OutboxRecord(

@@ -1,0 +1,484 @@
+"""Relay throughput and latency, side by side with the naive loop and the machine's limits.
+
+    make bench                         # 10k and 100k events of 1 KB, the batch-size sweep, latency
+    .venv/bin/python bench/relay_bench.py --sizes 10000 --no-sweep --no-latency   # quicker
+
+On the local MariaDB + Kafka (scripts/local-stack), in one run:
+
+* naive   the seed's algorithm: select PENDING rows; for each: send to Kafka and wait, then
+          UPDATE it to PUBLISHED and commit (row by row);
+* relay   one invocation of the Lambda handler (decorators and all), in its own process, draining
+          the same backlog; its peak RSS is the memory figure;
+* kafka   the raw kafka-python producer rate for the same records (no database), with the relay's
+          producer settings;
+* db      the raw database rate for lease + read + fenced finalize of the same rows (the relay's
+          own store, no Kafka: a publisher that acknowledges at once);
+* latency commit -> readable in Kafka for a steady trickle of writes with the poll window on.
+
+Prints a table, writes bench/out/results.json and bench/out/throughput_vs_batch.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pymysql
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from outbox_relay.config import RelaySettings, load_config
+from outbox_relay.db import connector
+from outbox_relay.kafka_tools import ensure_topics
+from outbox_relay.migrate import apply, discover
+from outbox_relay.model import Delivery, SendResult
+from outbox_relay.ports import NullMetrics, Settled, SystemClock
+from outbox_relay.publisher_kafka import producer_config
+from outbox_relay.relay import Relay
+from outbox_relay.sql import OutboxSql
+from outbox_relay.store_mysql import MySQLOutboxStore
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+KAFKA = "127.0.0.1:9092"
+DB = {"host": "127.0.0.1", "port": 3306, "user": "relay", "password": "relay"}
+AGGREGATES = 1000
+PAYLOAD_BYTES = 1024
+PARTITIONS = 6
+
+
+# --- set-up ----------------------------------------------------------------------------------
+
+
+def connect(database: str | None = None, autocommit: bool = True) -> Any:
+    # Plain TCP, like the relay with OUTBOX_DB_TLS=off (PyMySQL would otherwise use TLS when offered).
+    return pymysql.connect(
+        database=database, autocommit=autocommit, charset="utf8mb4", ssl_disabled=True, **DB
+    )  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    with connect(name) as conn:
+        apply(conn, OutboxSql(), discover(ROOT / "infra" / "migrations"), lambda _: None)
+    try:
+        yield name
+    finally:
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def payload(n: int, aggregate: str) -> bytes:
+    head = json.dumps({"aggregate": aggregate, "n": n, "pad": ""})
+    return json.dumps({"aggregate": aggregate, "n": n, "pad": "x" * (PAYLOAD_BYTES - len(head))}).encode()
+
+
+def fill(database: str, events: int) -> None:
+    """``events`` PENDING rows of 1 KB over AGGREGATES aggregates (the writers' four columns)."""
+    rng = random.Random(events)
+    counters: dict[str, int] = {}
+    rows = []
+    for _ in range(events):
+        aggregate = f"order-{rng.randrange(AGGREGATES)}"
+        counters[aggregate] = counters.get(aggregate, 0) + 1
+        rows.append(("order", aggregate, "OrderChanged", payload(counters[aggregate], aggregate)))
+    with connect(database) as conn, conn.cursor() as cur:
+        cur.execute("TRUNCATE TABLE outbox")
+        cur.execute("UPDATE outbox_shard SET lease_token = NULL, lease_until = '1970-01-01'")
+        for i in range(0, len(rows), 2000):
+            cur.executemany(
+                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES (%s, %s, %s, %s)",
+                rows[i : i + 2000],
+            )
+
+
+def pending(database: str) -> int:
+    with connect(database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM outbox WHERE status = 'PENDING'")
+        return int((cur.fetchone() or (0,))[0])
+
+
+def new_topic() -> str:
+
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    ensure_topics([KAFKA], [f"{prefix}.order"], partitions=PARTITIONS)
+    return prefix
+
+
+def relay_env(database: str, prefix: str, **extra: str) -> dict[str, str]:
+    return {
+        "OUTBOX_DB_HOST": "127.0.0.1",
+        "OUTBOX_DB_PORT": "3306",
+        "OUTBOX_DB_NAME": database,
+        "OUTBOX_DB_USER": "relay",
+        "OUTBOX_DB_PASSWORD": "relay",
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
+        "OUTBOX_TOPIC_TEMPLATE": prefix + ".{aggregate_type}",
+        "DLQ_QUEUE_URL": "http://127.0.0.1:5000/123456789012/outbox-relay-dlq",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        **extra,
+    }
+
+
+# --- the four measurements --------------------------------------------------------------------
+
+
+def naive(database: str, prefix: str) -> float:
+    """The seed's loop; returns seconds to publish everything."""
+
+    producer = KafkaProducer(bootstrap_servers=[KAFKA])
+    conn = connect(database, autocommit=False)
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        while True:
+            cur.execute(
+                "SELECT id, event_id, aggregate_type, aggregate_id, event_type, payload FROM outbox"
+                " WHERE status = 'PENDING' ORDER BY id LIMIT 100"
+            )
+            rows = cur.fetchall()
+            conn.commit()
+            if not rows:
+                break
+            for row_id, event_id, aggregate_type, aggregate_id, event_type, body in rows:
+                producer.send(
+                    f"{prefix}.{aggregate_type}",
+                    key=aggregate_id.encode(),
+                    value=body,
+                    headers=[
+                        ("id", event_id.encode()),
+                        ("event_type", event_type.encode()),
+                        ("aggregate_type", aggregate_type.encode()),
+                    ],
+                ).get(timeout=30)
+                cur.execute(
+                    "UPDATE outbox SET status = 'PUBLISHED', published_at = UTC_TIMESTAMP(6) WHERE id = %s",
+                    (row_id,),
+                )
+                conn.commit()
+    elapsed = time.perf_counter() - started
+    producer.close()
+    conn.close()
+    return elapsed
+
+
+RELAY_CHILD = """
+import json, os, sys, time, contextlib, io
+sys.path.insert(0, sys.argv[2])
+os.environ.update(json.loads(sys.argv[1]))
+from outbox_relay.cli import LocalContext
+from outbox_relay.handler import lambda_handler
+with contextlib.redirect_stdout(io.StringIO()):
+    started = time.perf_counter()
+    summary = lambda_handler({}, LocalContext(900))
+    elapsed = time.perf_counter() - started
+# VmHWM: this process's own peak resident memory (ru_maxrss would include the parent's at fork).
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": elapsed, "summary": summary, "max_rss_mb": hwm / 1024}))
+"""
+
+
+def relay(database: str, prefix: str, **extra: str) -> dict[str, Any]:
+    """One handler invocation in a fresh process (as a cold Lambda would be)."""
+    env = relay_env(database, prefix, **extra)
+    result = subprocess.run(
+        [sys.executable, "-c", RELAY_CHILD, json.dumps(env), str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def kafka_limit(database: str, prefix: str) -> float:
+    """Raw producer: the same records, already in memory, sent and flushed once."""
+
+    with connect(database) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT event_id, aggregate_type, aggregate_id, event_type, payload FROM outbox ORDER BY id"
+        )
+        rows = cur.fetchall()
+    config = load_config(relay_env(database, prefix))
+    producer = KafkaProducer(**producer_config(config.kafka, bootstrap_timeout_ms=10_000))
+    topic = f"{prefix}.order"
+    started = time.perf_counter()
+    for event_id, aggregate_type, aggregate_id, event_type, body in rows:
+        producer.send(
+            topic,
+            key=aggregate_id.encode(),
+            value=body,
+            headers=[
+                ("id", event_id.encode()),
+                ("event_type", event_type.encode()),
+                ("aggregate_type", aggregate_type.encode()),
+            ],
+        )
+    producer.flush()
+    elapsed = time.perf_counter() - started
+    producer.close()
+    return elapsed
+
+
+class InstantPublisher:
+    """Acknowledges every message at once: what is left is the database work."""
+
+    in_doubt = False
+
+    def send(self, messages: Sequence[Any], deadline: float) -> Any:
+
+        return Settled([SendResult(Delivery.DELIVERED)] * len(messages))
+
+    def close(self) -> None:
+        pass
+
+
+def db_limit(database: str, prefix: str) -> float:
+    """The relay's own lease/read/finalize against the database, with Kafka taken out."""
+
+    config = load_config(relay_env(database, prefix))
+    store = MySQLOutboxStore(connector(config.database), OutboxSql())
+    core = Relay(
+        store, InstantPublisher(), _NoDeadLetters(), NullMetrics(), SystemClock(), config.relay, "bench"
+    )
+    started = time.perf_counter()
+    summary = core.run(time.monotonic() + 900)
+    elapsed = time.perf_counter() - started
+    store.close()
+    assert summary.pending == 0, summary
+    return elapsed
+
+
+class _NoDeadLetters:
+    def send(self, letters: Sequence[Any]) -> list[str | None]:
+        raise AssertionError("the benchmark data has no poison events")
+
+
+def latency(database: str, prefix: str, events: int = 2000, rate: float = 200.0) -> dict[str, float]:
+    """Poll window on; a writer commits ``rate`` events/s; a consumer notes when each is readable."""
+
+    topic = f"{prefix}.order"
+    committed: dict[str, float] = {}
+    received: dict[str, float] = {}
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def consume() -> None:
+        consumer = KafkaConsumer(bootstrap_servers=[KAFKA], enable_auto_commit=False, fetch_max_wait_ms=5)
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_end(*parts)
+        for p in parts:
+            consumer.position(p)
+        ready.set()
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=10).values():
+                now = time.time()
+                for r in records:
+                    received.setdefault(dict(r.headers)["id"].decode(), now)
+        consumer.close()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    ready.wait()
+    window = events / rate + 3
+    runner = threading.Thread(
+        target=relay,
+        args=(database, prefix),
+        kwargs={"OUTBOX_POLL_WINDOW_SECONDS": str(window), "OUTBOX_POLL_INTERVAL_MS": "20"},
+    )
+    runner.start()
+    time.sleep(1.5)  # the relay process is up and polling
+    conn = connect(database)
+    with conn.cursor() as cur:
+        body = payload(0, "order-latency")
+        next_at = time.perf_counter()
+        for n in range(events):
+            event_id = str(uuid.uuid4())
+            cur.execute(
+                "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload)"
+                " VALUES (%s, 'order', %s, 'Tick', %s)",
+                (event_id, f"order-{n % 50}", body),
+            )
+            committed[event_id] = time.time()
+            next_at += 1 / rate
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+    conn.close()
+    deadline = time.monotonic() + 20
+    while len(received) < events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    reader.join()
+    runner.join()
+    delays = sorted(received[e] - t for e, t in committed.items() if e in received)
+    return {
+        "events": events,
+        "rate_per_s": rate,
+        "received": len(delays),
+        "p50_ms": statistics.median(delays) * 1000,
+        "p99_ms": delays[max(0, int(len(delays) * 0.99) - 1)] * 1000,
+        "max_ms": delays[-1] * 1000,
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def measure(database: str, events: int, batch_size: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"events": events, "batch_size": batch_size}
+    prefix = new_topic()
+    fill(database, events)
+    row["naive_s"] = naive(database, prefix)
+    assert pending(database) == 0
+    fill(database, events)
+    run = relay(database, prefix, OUTBOX_BATCH_SIZE=str(batch_size))
+    assert run["summary"]["ok"] and run["summary"]["published"] == events, run["summary"]
+    row["relay_s"], row["relay_max_rss_mb"] = run["seconds"], run["max_rss_mb"]
+    row["kafka_s"] = kafka_limit(database, prefix)
+    fill(database, events)
+    row["db_s"] = db_limit(database, prefix)
+    for key in ("naive", "relay", "kafka", "db"):
+        row[f"{key}_per_s"] = events / row[f"{key}_s"]
+    row["relay_vs_naive"] = row["relay_per_s"] / row["naive_per_s"]
+    row["relay_vs_slower_limit"] = row["relay_per_s"] / min(row["kafka_per_s"], row["db_per_s"])
+    return row
+
+
+def sweep(database: str, events: int, batch_sizes: Sequence[int]) -> list[dict[str, float]]:
+    points = []
+    for batch_size in batch_sizes:
+        prefix = new_topic()
+        fill(database, events)
+        run = relay(database, prefix, OUTBOX_BATCH_SIZE=str(batch_size))
+        assert run["summary"]["published"] == events
+        points.append(
+            {"batch_size": batch_size, "per_s": events / run["seconds"], "max_rss_mb": run["max_rss_mb"]}
+        )
+        print(
+            f"  batch {batch_size:>5}: {points[-1]['per_s']:>8.0f} events/s, peak RSS {run['max_rss_mb']:.0f} MB"
+        )
+    return points
+
+
+def chart(points: list[dict[str, float]], limits: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(
+        [p["batch_size"] for p in points],
+        [p["per_s"] for p in points],
+        marker="o",
+        label="relay (one invocation)",
+    )
+    for (name, value), color in zip(limits.items(), ("tab:orange", "tab:green"), strict=False):
+        ax.axhline(value, linestyle="--", linewidth=1, color=color, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("OUTBOX_BATCH_SIZE (rows per pass)")
+    ax.set_ylabel("events/s (1 KB)")
+    ax.set_title("Relay throughput vs batch size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 100_000])
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the relay's default")
+    parser.add_argument(
+        "--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[100, 250, 500, 1000, 2000, 5000]
+    )
+    parser.add_argument("--sweep-events", type=int, default=20_000)
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--replot", action="store_true", help="redraw the chart from bench/out/results.json")
+    args = parser.parse_args()
+    if args.replot:
+        saved = json.loads((OUT / "results.json").read_text())
+        last = saved["rows"][-1]
+        chart(
+            saved["sweep"],
+            {"raw Kafka producer": last["kafka_per_s"], "raw database": last["db_per_s"]},
+            OUT / "throughput_vs_batch.png",
+        )
+        return 0
+
+    batch_size = args.batch_size or RelaySettings().batch_size
+    OUT.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "payload_bytes": PAYLOAD_BYTES,
+        "aggregates": AGGREGATES,
+        "partitions": PARTITIONS,
+        "rows": [],
+    }
+    with scratch_database() as database:
+        for events in args.sizes:
+            print(f"measuring {events} events (batch {batch_size})...", flush=True)
+            results["rows"].append(measure(database, events, batch_size))
+        if not args.no_latency:
+            print("measuring commit -> Kafka latency with the poll window...", flush=True)
+            with connect(database) as conn, conn.cursor() as cur:
+                cur.execute("TRUNCATE TABLE outbox")
+            results["latency"] = latency(database, new_topic())
+        if not args.no_sweep:
+            print(f"sweeping batch sizes at {args.sweep_events} events...", flush=True)
+            results["sweep"] = sweep(database, args.sweep_events, args.sweep)
+    report(results)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    if "sweep" in results:
+        last = results["rows"][-1]
+        chart(
+            results["sweep"],
+            {"raw Kafka producer": last["kafka_per_s"], "raw database": last["db_per_s"]},
+            OUT / "throughput_vs_batch.png",
+        )
+        print(f"chart: {OUT / 'throughput_vs_batch.png'}")
+    return 0
+
+
+def report(results: dict[str, Any]) -> None:
+    print()
+    header = (
+        f"{'events':>7}  {'naive/s':>8}  {'relay/s':>8}  {'kafka/s':>8}  {'db/s':>8}  "
+        f"{'relay/naive':>11}  {'relay/min(limits)':>17}  {'relay RSS MB':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results["rows"]:
+        print(
+            f"{r['events']:>7}  {r['naive_per_s']:>8.0f}  {r['relay_per_s']:>8.0f}  {r['kafka_per_s']:>8.0f}  "
+            f"{r['db_per_s']:>8.0f}  {r['relay_vs_naive']:>10.1f}x  {r['relay_vs_slower_limit']:>16.0%}  "
+            f"{r['relay_max_rss_mb']:>12.0f}"
+        )
+    if "latency" in results:
+        lat = results["latency"]
+        print(
+            f"\npoll window, {lat['events']} events at {lat['rate_per_s']:.0f}/s: commit -> readable in Kafka "
+            f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
+            f"({lat['received']} received)"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
