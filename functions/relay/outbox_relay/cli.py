@@ -30,8 +30,8 @@ from .sql import OutboxSql
 class LocalContext:
     """A Lambda context for running the handler outside Lambda, with a real countdown."""
 
-    def __init__(self, timeout_seconds: float) -> None:
-        self.aws_request_id = f"local-{uuid.uuid4()}"
+    def __init__(self, timeout_seconds: float, request_id: str | None = None) -> None:
+        self.aws_request_id = request_id or f"local-{uuid.uuid4()}"
         self.function_name = "outbox-relay-local"
         self.function_version = "$LATEST"
         self.memory_limit_in_mb = 256
