@@ -5,7 +5,7 @@ STAMP := .venv/.installed
 TOOLS := .venv-tools/bin
 RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
-.PHONY: bench dev venv tools stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
+.PHONY: bench faults dev venv tools stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
 	format build fetch-rds-ca clean
 
 dev: venv stack-up migrate          ## everything for local work
@@ -36,6 +36,9 @@ test: venv stack-up                 ## the whole suite, on the real local stack
 bench: venv stack-up                ## relay vs naive vs raw limits; docs/performance.md explains
 	$(PY)/pip install --quiet -e '.[bench]'
 	$(PY)/python bench/relay_bench.py
+
+faults: venv stack-up               ## the long randomized fault run (100 runs, about an hour)
+	$(PY)/python -m tests.faults.runner --runs $${RUNS:-100} --seed $${SEED:-1}
 
 test-unit: venv                     ## pure unit tests, no stack
 	$(PY)/pytest -q tests/unit

@@ -234,6 +234,8 @@ def _kafka(r: _Reader, max_message_bytes: int) -> KafkaSettings:
     servers = tuple(
         s.strip() for s in (r.text("KAFKA_BOOTSTRAP_SERVERS", required=True) or "").split(",") if s.strip()
     )
+    if not servers and r.text("KAFKA_BOOTSTRAP_SERVERS"):
+        r.problems.append("KAFKA_BOOTSTRAP_SERVERS lists no host:port")
     for server in servers:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit():
