@@ -12,21 +12,18 @@ import json
 import os
 from typing import Any
 
-import pymysql
 from kafka import KafkaConsumer
 
+from outbox_relay.config import load_database_settings
 from outbox_relay.consumer import IdempotentConsumer
+from outbox_relay.db import connector
 
 
 def connect() -> Any:
-    return pymysql.connect(
-        host=os.environ["OUTBOX_DB_HOST"],
-        port=int(os.environ.get("OUTBOX_DB_PORT", "3306")),
-        user=os.environ["OUTBOX_DB_USER"],
-        password=os.environ["OUTBOX_DB_PASSWORD"],
-        database=os.environ["OUTBOX_DB_NAME"],
-        autocommit=False,
-    )
+    """A connection from the same OUTBOX_DB_* settings as the relay, in explicit transactions."""
+    conn = connector(load_database_settings(os.environ))()
+    conn.autocommit(False)
+    return conn
 
 
 def apply(conn: Any, record: Any) -> None:

@@ -8,43 +8,41 @@ Uses the OUTBOX_DB_* and KAFKA_BOOTSTRAP_SERVERS variables (``scripts/local-stac
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import uuid
+from typing import Any
 
-import pymysql
-
+from outbox_relay.config import load_database_settings
+from outbox_relay.db import connector
 from outbox_relay.kafka_tools import ensure_topics, read_topics
+from outbox_relay.writer import add_event
 
 TOPIC = "outbox.event.order"
 
 
-def connect() -> pymysql.connections.Connection:  # type: ignore[type-arg]
-    return pymysql.connect(
-        host=os.environ["OUTBOX_DB_HOST"],
-        port=int(os.environ.get("OUTBOX_DB_PORT", "3306")),
-        user=os.environ["OUTBOX_DB_USER"],
-        password=os.environ["OUTBOX_DB_PASSWORD"],
-        database=os.environ["OUTBOX_DB_NAME"],
-        autocommit=False,
-    )
+def connect() -> Any:
+    """A connection from the same OUTBOX_DB_* settings as the relay, in explicit transactions."""
+    conn = connector(load_database_settings(os.environ))()
+    conn.autocommit(False)
+    return conn
 
 
-def create_order(conn: pymysql.connections.Connection, customer: str, total_cents: int) -> str:  # type: ignore[type-arg]
+def create_order(conn: Any, customer: str, total_cents: int) -> str:
     """The business change and the event row commit together, or neither does."""
     order_id = f"order-{uuid.uuid4().hex[:8]}"
-    payload = json.dumps({"orderId": order_id, "customer": customer, "totalCents": total_cents})
     with conn.cursor() as cur:
         cur.execute(
             "INSERT INTO orders (id, customer, total_cents, state) VALUES (%s, %s, %s, 'CREATED')",
             (order_id, customer, total_cents),
         )
-        cur.execute(
-            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)"
-            " VALUES ('order', %s, 'OrderCreated', %s)",
-            (order_id, payload),
-        )
+    add_event(
+        conn,
+        "order",
+        order_id,
+        "OrderCreated",
+        {"orderId": order_id, "customer": customer, "totalCents": total_cents},
+    )
     conn.commit()
     return order_id
 

@@ -35,32 +35,30 @@ def test_writer_adds_the_event_in_the_callers_transaction(
     database: support.Database, topics: support.Topics, invoke: Any
 ) -> None:
     make_topics(topics, "order")
+    database.query("CREATE TABLE orders (id VARCHAR(32) PRIMARY KEY, state VARCHAR(16))")
     conn = _txn(database)
-    with conn.cursor() as cur:
-        cur.execute("CREATE TABLE orders (id VARCHAR(32) PRIMARY KEY, state VARCHAR(16))")
-        cur.execute("INSERT INTO orders VALUES ('o-1', 'PAID')")
-    event_id = add_event(
-        conn,
-        "order",
-        "o-1",
-        "OrderPaid",
-        {"orderId": "o-1", "cents": 1200},
-        headers={"traceparent": "00-abc-01"},
-        seq=2,
-    )
+
+    def pay() -> str:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO orders VALUES ('o-1', 'PAID')")
+        return add_event(
+            conn,
+            "order",
+            "o-1",
+            "OrderPaid",
+            {"orderId": "o-1", "cents": 1200},
+            headers={"traceparent": "00-abc-01"},
+            seq=2,
+        )
+
+    pay()
     assert database.status_counts() == {}, "nothing visible before the caller commits"
     conn.rollback()
-    assert database.status_counts() == {}, "rolled back together with the business change"
-
-    event_id = add_event(
-        conn,
-        "order",
-        "o-1",
-        "OrderPaid",
-        {"orderId": "o-1", "cents": 1200},
-        headers={"traceparent": "00-abc-01"},
-        seq=2,
+    assert database.status_counts() == {} and database.query("SELECT * FROM orders") == [], (
+        "rolled back together with the business change"
     )
+
+    event_id = pay()
     conn.commit()
     conn.close()
     assert invoke()["published"] == 1
