@@ -190,3 +190,67 @@ def test_status_shows_the_backlog_per_topic_and_the_leases_held(
     assert "outbox.event.order          29     1" in out
     assert "leases held: 1" in out
     assert lines[-1].split()[:3] == ["3", "relay-7f3a", "4"] and 45 < float(lines[-1].split()[3]) <= 50
+
+
+def test_purge_shows_first_then_deletes_dead_rows_and_their_dead_letters(
+    database: support.Database,
+    topics: support.Topics,
+    dlq: support.Queue,
+    invoke: Any,
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_topics(topics, "acct")
+    database.insert([support.Event("acct", "A", "e", b"not json"), support.Event("acct", "B", "e", b"{}")])
+    assert invoke()["dead_lettered"] == 1
+    (dead_id,) = [r["id"] for r in database.rows() if r["status"] == "DEAD"]
+
+    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", str(dead_id)) == 1
+    assert "1 DEAD row(s) would be deleted; nothing was deleted (add --yes)" in capsys.readouterr().out
+    assert database.status_counts() == {"DEAD": 1, "PUBLISHED": 1}
+
+    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", "999") == 2
+    assert "not DEAD (or not found): ids 999; nothing was deleted" in capsys.readouterr().err
+
+    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", str(dead_id), "--dlq", "--yes") == 0
+    out = capsys.readouterr().out
+    assert (
+        "deleted 1 DEAD row(s)" in out and "deleted 1 matching message(s) from the dead-letter queue" in out
+    )
+    assert database.status_counts() == {"PUBLISHED": 1}
+    assert dlq.messages() == []
+
+
+def test_dry_run_lists_what_the_next_run_would_do_and_changes_nothing(
+    database: support.Database,
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database.insert(
+        [
+            support.Event("acct", "A", "e", b"{}"),
+            support.Event("acct", "A", "e", b"{}"),
+            support.Event("acct", "B", "e", b"oops"),
+        ]
+    )
+    database.query(
+        "UPDATE outbox SET attempts = 2, available_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR WHERE id = 1"
+    )
+    before = database.rows()
+
+    assert (
+        _run_cli(
+            {**relay_env, "OUTBOX_TOPIC_TEMPLATE": "outbox.event.{aggregate_type}"}, monkeypatch, "dry-run"
+        )
+        == 0
+    )
+
+    out = capsys.readouterr().out
+    lines = {int(line.split()[0]): line for line in out.splitlines() if "acct/" in line}
+    assert "backing off (attempt 2)" in lines[1]
+    assert "waits behind an earlier event of its aggregate" in lines[2]
+    assert "dead-letter: payload is not valid JSON" in lines[3]
+    assert "3 row(s) at the heads of the shards: 0 would be published" in out
+    assert database.rows() == before
