@@ -474,12 +474,8 @@ def main() -> int:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    results = run_many(args.runs, args.seed, args.seconds, args.verbose)
+    results = run_many(args.runs, args.seed, args.seconds, args.verbose, out=Path(args.out))
     summary = summarize(results)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps({"summary": summary, "runs": [r.as_dict() for r in results]}, indent=2)
-    )
     print(json.dumps(summary, indent=2))
     return 0 if not summary["failed_runs"] else 1
 
