@@ -3,9 +3,12 @@ PY := .venv/bin
 STAMP := .venv/.installed
 
 TOOLS := .venv-tools/bin
+SAM := .venv-sam/bin/sam
+# SAM CLI: no telemetry, and its weekly version check is answered from .venv-sam (no call out).
+export SAM_CLI_TELEMETRY := 0
 RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
-.PHONY: bench faults dev venv tools stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
+.PHONY: bench faults dev venv tools sam-cli stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
 	format build fetch-rds-ca clean
 
 dev: venv stack-up migrate          ## everything for local work
@@ -30,7 +33,7 @@ migrate: venv                       ## apply infra/migrations to the local datab
 demo: venv                          ## the relay end to end on the local stack
 	scripts/demo
 
-test: venv stack-up                 ## the whole suite, on the real local stack
+test: venv sam-cli stack-up         ## the whole suite, on the real local stack
 	$(PY)/pytest -q
 
 bench: venv stack-up                ## relay vs naive vs raw limits; docs/performance.md explains
@@ -60,8 +63,17 @@ lint-template: venv tools          ## cfn-lint and checkov (offline: --skip-down
 	$(PY)/cfn-lint template.yaml
 	$(TOOLS)/checkov -f template.yaml --quiet --compact --skip-download
 
-build: venv                         ## sam build (needs the SAM CLI; no Docker: makefile builds)
-	sam build
+# The SAM CLI (pinned) in its own venv too: it pins boto3 and friends its own way.
+sam-cli: .venv-sam/.installed
+.venv-sam/.installed:
+	python3 -m venv .venv-sam
+	.venv-sam/bin/pip install --quiet --upgrade pip
+	.venv-sam/bin/pip install --quiet aws-sam-cli==1.170.0
+	printf '{"telemetryEnabled": false, "lastVersionCheck": 4102444800.0}\n' >.venv-sam/metadata.json
+	touch .venv-sam/.installed
+
+build: sam-cli                      ## sam build, no Docker (function and layer: BuildMethod makefile)
+	__SAM_CLI_APP_DIR=$(CURDIR)/.venv-sam $(SAM) build
 
 fetch-rds-ca:                       ## the RDS CA bundle for OUTBOX_DB_TLS=verify, shipped in the layer
 	mkdir -p layers/deps/certs
@@ -72,4 +84,4 @@ format: venv
 	$(PY)/ruff check --fix .
 
 clean:
-	rm -rf .venv .venv-tools .mypy_cache .ruff_cache .pytest_cache build .aws-sam
+	rm -rf .venv .venv-tools .venv-sam .mypy_cache .ruff_cache .pytest_cache build .aws-sam

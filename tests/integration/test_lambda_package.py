@@ -1,8 +1,9 @@
 """The artifacts `sam build` makes (BuildMethod: makefile, no Docker) run the handler end to end.
 
-The layer is built twice: for this machine's Python and architecture, to run it here the way
-`sam local invoke` would (the function code plus the layer on the path, nothing else), and for
-the deployed runtime (python3.13 / arm64), to show it resolves to wheels for that platform."""
+The real `sam build` (the pinned SAM CLI from `make sam-cli`) builds the template for the deployed
+runtime (python3.13 / arm64) without Docker.  The same makefiles also build the layer for this
+machine's Python and architecture, to run it here the way `sam local invoke` would (the function
+code plus the layer on the path, nothing else)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,34 @@ def test_layer_for_the_lambda_runtime_resolves_to_python313_arm64_wheels(tmp_pat
     binaries = [p.name for p in site.rglob("*.so")]
     assert binaries, "wrapt ships a compiled module"
     assert all("cpython-313-aarch64-linux-gnu" in name for name in binaries), binaries
+
+
+def test_sam_build_without_docker_makes_the_function_and_a_python313_arm64_layer(tmp_path: Path) -> None:
+    sam = support.ROOT / ".venv-sam" / "bin" / "sam"
+    assert sam.is_file(), "the SAM CLI is missing: run `make sam-cli` (`make test` does)"
+    # No telemetry and no version check against PyPI: SAM reads its settings from this folder.
+    (tmp_path / "metadata.json").write_text(
+        json.dumps({"telemetryEnabled": False, "lastVersionCheck": time.time()})
+    )
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "__SAM_CLI_APP_DIR": str(tmp_path)}
+    env.pop("DOCKER_HOST", None)
+    build = tmp_path / "build"
+    result = subprocess.run(
+        [str(sam), "build", "--template-file", "template.yaml", "--build-dir", str(build)],
+        cwd=support.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Build Succeeded" in result.stdout
+    assert sorted(p.name for p in (build / "RelayFunction").iterdir()) == ["outbox_relay"]
+    site = build / "DepsLayer" / "python"
+    for module in ("kafka", "pymysql", "aws_lambda_powertools", "crc32c"):
+        assert (site / module).is_dir(), module
+    binaries = [p.name for p in site.rglob("*.so")]
+    assert binaries and all("cpython-313-aarch64-linux-gnu" in name for name in binaries), binaries
+    built = (build / "template.yaml").read_text()
+    assert "CodeUri: RelayFunction" in built and "ContentUri: DepsLayer" in built
