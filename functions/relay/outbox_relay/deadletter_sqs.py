@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -51,10 +51,25 @@ def dead_letter_body(letter: DeadLetter, max_bytes: int) -> str:
 class SqsDeadLetterSink:
     """:class:`~outbox_relay.ports.DeadLetterSink` on one SQS queue (``DLQ_QUEUE_URL``)."""
 
-    def __init__(self, client: SQSClient, queue_url: str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self.client = client
+    def __init__(
+        self,
+        client: SQSClient | Callable[[], SQSClient],
+        queue_url: str,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        # A factory defers building the boto3 client (~0.1 s of a cold start) to the first dead
+        # letter: most runs never send one.
+        self._client: SQSClient | None = None if callable(client) else client
+        self._factory = client if callable(client) else None
         self.queue_url = queue_url
         self.max_bytes = max_bytes
+
+    @property
+    def client(self) -> SQSClient:
+        if self._client is None:
+            assert self._factory is not None
+            self._client = self._factory()
+        return self._client
 
     def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
         bodies = [dead_letter_body(letter, self.max_bytes) for letter in letters]

@@ -45,7 +45,7 @@ class Runtime:
             config.kafka, extra_config=lambda: auth_config(config.kafka, _read_secret)
         )
         # AWS_ENDPOINT_URL (boto3's own setting) points this at moto locally.
-        self.dead_letters = SqsDeadLetterSink(boto3.client("sqs"), config.dlq_queue_url)
+        self.dead_letters = SqsDeadLetterSink(lambda: boto3.client("sqs"), config.dlq_queue_url)
 
     def relay(self, settings: RelaySettings, metrics: Metrics, owner: str) -> Relay:
         self.store.check()
