@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pymysql
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -51,7 +52,6 @@ from outbox_relay.store_mysql import MySQLOutboxStore
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 KAFKA = "127.0.0.1:9092"
-DB = {"host": "127.0.0.1", "port": 3306, "user": "relay", "password": "relay"}
 AGGREGATES = 1000
 PAYLOAD_BYTES = 1024
 PARTITIONS = 6
@@ -63,8 +63,15 @@ PARTITIONS = 6
 def connect(database: str | None = None, autocommit: bool = True) -> Any:
     # Plain TCP, like the relay with OUTBOX_DB_TLS=off (PyMySQL would otherwise use TLS when offered).
     return pymysql.connect(
-        database=database, autocommit=autocommit, charset="utf8mb4", ssl_disabled=True, **DB
-    )  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=3306,
+        user="relay",
+        password="relay",  # noqa: S106 - the local stack's user
+        database=database,
+        autocommit=autocommit,
+        charset="utf8mb4",
+        ssl_disabled=True,
+    )
 
 
 @contextlib.contextmanager
@@ -349,6 +356,83 @@ def latency(database: str, prefix: str, events: int = 2000, rate: float = 200.0)
     }
 
 
+def profile(database: str, events: int) -> dict[str, Any]:
+    """Where one relay run's main thread spends its time, in-process with the real adapters.
+
+    Each phase is timed around the call the core makes (read, select/encode, send, waiting for
+    the flush, ...); the rest of the run is "other".  A second, cProfiled run of the same backlog
+    names the functions behind the phases (bench/out/profile.txt)."""
+    import cProfile
+    import io
+    import pstats
+
+    from outbox_relay import ordering, publisher_kafka
+
+    def core(prefix: str) -> tuple[Relay, MySQLOutboxStore, Any]:
+        config = load_config(relay_env(database, prefix))
+        store = MySQLOutboxStore(connector(config.database), OutboxSql())
+        finalize_store = MySQLOutboxStore(connector(config.database), OutboxSql())
+        publisher = publisher_kafka.KafkaPublisher(config.kafka)
+        relay_ = Relay(
+            store,
+            publisher,
+            _NoDeadLetters(),
+            NullMetrics(),
+            SystemClock(),
+            config.relay,
+            "bench",
+            finalize_store=finalize_store,
+        )
+        return relay_, store, publisher
+
+    phases: dict[str, float] = {}
+
+    def timed(owner: Any, name: str, label: str) -> Any:
+        inner = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                phases[label] = phases.get(label, 0.0) + time.perf_counter() - started
+
+        return mock.patch.object(owner, name, wrapper)
+
+    fill(database, events)
+    relay_, store, publisher = core(new_topic())
+    with contextlib.ExitStack() as patches:
+        for owner, name, label in (
+            (store, "read_heads", "read rows (PyMySQL)"),
+            (ordering, "select", "select + encode (relay)"),
+            (publisher, "send", "hand records to kafka-python (send)"),
+            (publisher_kafka._Batch, "wait", "wait for Kafka's acks (flush)"),
+            (relay_, "_settle", "settle (relay)"),
+            (relay_, "_join", "wait for the finalize"),
+        ):
+            patches.enter_context(timed(owner, name, label))
+        started = time.perf_counter()
+        summary = relay_.run(time.monotonic() + 900)
+        total = time.perf_counter() - started
+    assert summary.published == events, summary
+    publisher.close()
+    store.close()
+    phases["other"] = total - sum(phases.values())
+
+    fill(database, events)
+    relay_, store, publisher = core(new_topic())
+    profiler = cProfile.Profile()
+    profiler.enable()
+    relay_.run(time.monotonic() + 900)
+    profiler.disable()
+    publisher.close()
+    store.close()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(20)
+    (OUT / "profile.txt").write_text(text.getvalue())
+    return {"events": events, "seconds": total, "phases_s": phases}
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -423,6 +507,7 @@ def main() -> int:
     parser.add_argument("--sweep-events", type=int, default=20_000)
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--profile-events", type=int, default=20_000, help="0: no profile")
     parser.add_argument("--replot", action="store_true", help="redraw the chart from bench/out/results.json")
     args = parser.parse_args()
     if args.replot:
@@ -452,6 +537,9 @@ def main() -> int:
             with connect(database) as conn, conn.cursor() as cur:
                 cur.execute("TRUNCATE TABLE outbox")
             results["latency"] = latency(database, new_topic())
+        if args.profile_events:
+            print(f"profiling one run of {args.profile_events} events...", flush=True)
+            results["profile"] = profile(database, args.profile_events)
         if not args.no_sweep:
             print(f"sweeping batch sizes at {args.sweep_events} events...", flush=True)
             results["sweep"] = sweep(database, args.sweep_events, args.sweep)
@@ -489,6 +577,15 @@ def report(results: dict[str, Any]) -> None:
             f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
             f"({lat['received']} received)"
         )
+    if "profile" in results:
+        prof = results["profile"]
+        print(f"\nmain thread of one in-process run, {prof['events']} events in {prof['seconds']:.2f} s:")
+        for phase, seconds in sorted(prof["phases_s"].items(), key=lambda kv: -kv[1]):
+            share = seconds / prof["seconds"]
+            print(
+                f"  {phase:<40} {seconds:6.2f} s  {share:6.1%}  {seconds / prof['events'] * 1e6:5.1f} us/event"
+            )
+        print(f"  (cProfile of a second run: {OUT / 'profile.txt'})")
 
 
 if __name__ == "__main__":
