@@ -40,7 +40,7 @@ bench: venv stack-up                ## relay vs naive vs raw limits; docs/perfor
 	$(PY)/pip install --quiet -e '.[bench]'
 	$(PY)/python bench/relay_bench.py
 
-faults: venv stack-up               ## the long randomized fault run (100 runs, about an hour)
+faults: venv stack-up               ## the long randomized fault run (100 runs, about 75 minutes)
 	$(PY)/python -m tests.faults.runner --runs $${RUNS:-100} --seed $${SEED:-1}
 
 test-unit: venv                     ## pure unit tests, no stack
