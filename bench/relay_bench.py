@@ -198,12 +198,12 @@ os.environ.update(json.loads(sys.argv[1]))
 from outbox_relay.cli import LocalContext
 from outbox_relay.handler import lambda_handler
 with contextlib.redirect_stdout(io.StringIO()):
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     summary = lambda_handler({}, LocalContext(900))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
 # VmHWM: this process's own peak resident memory (ru_maxrss would include the parent's at fork).
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"seconds": elapsed, "summary": summary, "max_rss_mb": hwm / 1024}))
+print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "summary": summary, "max_rss_mb": hwm / 1024}))
 """
 
 
@@ -220,8 +220,9 @@ def relay(database: str, prefix: str, **extra: str) -> dict[str, Any]:
     return out
 
 
-def kafka_limit(database: str, prefix: str) -> float:
-    """Raw producer: the same records, already in memory, sent and flushed once."""
+def kafka_limit(database: str, prefix: str) -> tuple[float, float]:
+    """Raw producer: the same records, already in memory, sent and flushed once.  Returns wall
+    and CPU seconds (this process, all threads)."""
 
     with connect(database) as conn, conn.cursor() as cur:
         cur.execute(
@@ -231,7 +232,7 @@ def kafka_limit(database: str, prefix: str) -> float:
     config = load_config(relay_env(database, prefix))
     producer = KafkaProducer(**producer_config(config.kafka, bootstrap_timeout_ms=10_000))
     topic = f"{prefix}.order"
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for event_id, aggregate_type, aggregate_id, event_type, body in rows:
         producer.send(
             topic,
@@ -240,9 +241,9 @@ def kafka_limit(database: str, prefix: str) -> float:
             headers=contract_headers(event_id, event_type, aggregate_type),
         )
     producer.flush()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     producer.close()
-    return elapsed
+    return elapsed, cpu
 
 
 class InstantPublisher:
@@ -258,8 +259,9 @@ class InstantPublisher:
         pass
 
 
-def db_limit(database: str, prefix: str) -> float:
-    """The relay's own lease/read/finalize against the database, with Kafka taken out."""
+def db_limit(database: str, prefix: str) -> tuple[float, float]:
+    """The relay's own lease/read/finalize against the database, with Kafka taken out.  Returns
+    wall and CPU seconds (this process, all threads)."""
 
     config = load_config(relay_env(database, prefix))
     # Two connections, as the relay has: the finalize of a pass overlaps the next read.
@@ -275,13 +277,13 @@ def db_limit(database: str, prefix: str) -> float:
         "bench",
         finalize_store=finalize_store,
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     summary = core.run(time.monotonic() + 900)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     store.close()
     finalize_store.close()
     assert summary.pending == 0, summary
-    return elapsed
+    return elapsed, cpu
 
 
 class _NoDeadLetters:
@@ -446,9 +448,13 @@ def measure(database: str, events: int, batch_size: int) -> dict[str, Any]:
     run = relay(database, prefix, OUTBOX_BATCH_SIZE=str(batch_size))
     assert run["summary"]["ok"] and run["summary"]["published"] == events, run["summary"]
     row["relay_s"], row["relay_max_rss_mb"] = run["seconds"], run["max_rss_mb"]
-    row["kafka_s"] = kafka_limit(database, prefix)
+    row["kafka_s"], kafka_cpu = kafka_limit(database, prefix)
     fill(database, events)
-    row["db_s"] = db_limit(database, prefix)
+    row["db_s"], db_cpu = db_limit(database, prefix)
+    # Python CPU per event (the process, all threads): the relay does the work of both limits.
+    row["relay_cpu_us"] = run["cpu_seconds"] / events * 1e6
+    row["kafka_cpu_us"] = kafka_cpu / events * 1e6
+    row["db_cpu_us"] = db_cpu / events * 1e6
     for key in ("naive", "relay", "kafka", "db"):
         row[f"{key}_per_s"] = events / row[f"{key}_s"]
     row["relay_vs_naive"] = row["relay_per_s"] / row["naive_per_s"]
@@ -569,6 +575,15 @@ def report(results: dict[str, Any]) -> None:
             f"{r['events']:>7}  {r['naive_per_s']:>8.0f}  {r['relay_per_s']:>8.0f}  {r['kafka_per_s']:>8.0f}  "
             f"{r['db_per_s']:>8.0f}  {r['relay_vs_naive']:>10.1f}x  {r['relay_vs_slower_limit']:>16.0%}  "
             f"{r['relay_max_rss_mb']:>12.0f}"
+        )
+    print(
+        f"\n{'events':>7}  {'Python CPU per event: relay':>28}  {'kafka':>8}  {'db':>8}  {'kafka + db':>10}"
+    )
+    for r in results["rows"]:
+        both = r["kafka_cpu_us"] + r["db_cpu_us"]
+        print(
+            f"{r['events']:>7}  {r['relay_cpu_us']:>25.1f} us  {r['kafka_cpu_us']:>5.1f} us  "
+            f"{r['db_cpu_us']:>5.1f} us  {both:>7.1f} us"
         )
     if "latency" in results:
         lat = results["latency"]
