@@ -263,13 +263,25 @@ def db_limit(database: str, prefix: str) -> tuple[float, float]:
     """The relay's own lease/read/finalize against the database, with Kafka taken out.  Returns
     wall and CPU seconds (this process, all threads)."""
 
+    core, stores = in_process_relay(database, prefix, InstantPublisher())
+    started, cpu = time.perf_counter(), time.process_time()
+    summary = core.run(time.monotonic() + 900)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    for store in stores:
+        store.close()
+    assert summary.pending == 0, summary
+    return elapsed, cpu
+
+
+def in_process_relay(database: str, prefix: str, publisher: Any) -> tuple[Relay, list[MySQLOutboxStore]]:
+    """The relay core with the real store, in this process; two connections, as the relay has
+    (the finalize of a pass overlaps the next read)."""
     config = load_config(relay_env(database, prefix))
-    # Two connections, as the relay has: the finalize of a pass overlaps the next read.
     store = MySQLOutboxStore(connector(config.database), OutboxSql())
     finalize_store = MySQLOutboxStore(connector(config.database), OutboxSql())
     core = Relay(
         store,
-        InstantPublisher(),
+        publisher,
         _NoDeadLetters(),
         NullMetrics(),
         SystemClock(),
@@ -277,13 +289,7 @@ def db_limit(database: str, prefix: str) -> tuple[float, float]:
         "bench",
         finalize_store=finalize_store,
     )
-    started, cpu = time.perf_counter(), time.process_time()
-    summary = core.run(time.monotonic() + 900)
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    store.close()
-    finalize_store.close()
-    assert summary.pending == 0, summary
-    return elapsed, cpu
+    return core, [store, finalize_store]
 
 
 class _NoDeadLetters:
@@ -370,22 +376,10 @@ def profile(database: str, events: int) -> dict[str, Any]:
 
     from outbox_relay import ordering, publisher_kafka
 
-    def core(prefix: str) -> tuple[Relay, MySQLOutboxStore, Any]:
-        config = load_config(relay_env(database, prefix))
-        store = MySQLOutboxStore(connector(config.database), OutboxSql())
-        finalize_store = MySQLOutboxStore(connector(config.database), OutboxSql())
-        publisher = publisher_kafka.KafkaPublisher(config.kafka)
-        relay_ = Relay(
-            store,
-            publisher,
-            _NoDeadLetters(),
-            NullMetrics(),
-            SystemClock(),
-            config.relay,
-            "bench",
-            finalize_store=finalize_store,
-        )
-        return relay_, store, publisher
+    def core(prefix: str) -> tuple[Relay, list[MySQLOutboxStore], Any]:
+        publisher = publisher_kafka.KafkaPublisher(load_config(relay_env(database, prefix)).kafka)
+        relay_, stores = in_process_relay(database, prefix, publisher)
+        return relay_, stores, publisher
 
     phases: dict[str, float] = {}
 
@@ -402,10 +396,10 @@ def profile(database: str, events: int) -> dict[str, Any]:
         return mock.patch.object(owner, name, wrapper)
 
     fill(database, events)
-    relay_, store, publisher = core(new_topic())
+    relay_, stores, publisher = core(new_topic())
     with contextlib.ExitStack() as patches:
         for owner, name, label in (
-            (store, "read_heads", "read rows (PyMySQL)"),
+            (stores[0], "read_heads", "read rows (PyMySQL)"),
             (ordering, "select", "select + encode (relay)"),
             (publisher, "send", "hand records to kafka-python (send)"),
             (publisher_kafka._Batch, "wait", "wait for Kafka's acks (flush)"),
@@ -418,17 +412,19 @@ def profile(database: str, events: int) -> dict[str, Any]:
         total = time.perf_counter() - started
     assert summary.published == events, summary
     publisher.close()
-    store.close()
+    for store in stores:
+        store.close()
     phases["other"] = total - sum(phases.values())
 
     fill(database, events)
-    relay_, store, publisher = core(new_topic())
+    relay_, stores, publisher = core(new_topic())
     profiler = cProfile.Profile()
     profiler.enable()
     relay_.run(time.monotonic() + 900)
     profiler.disable()
     publisher.close()
-    store.close()
+    for store in stores:
+        store.close()
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(20)
     (OUT / "profile.txt").write_text(text.getvalue())
