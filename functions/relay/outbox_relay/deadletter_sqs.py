@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -59,17 +60,13 @@ class SqsDeadLetterSink:
     ) -> None:
         # A factory defers building the boto3 client (~0.1 s of a cold start) to the first dead
         # letter: most runs never send one.
-        self._client: SQSClient | None = None if callable(client) else client
-        self._factory = client if callable(client) else None
+        self._factory: Callable[[], SQSClient] = client if callable(client) else lambda: client
         self.queue_url = queue_url
         self.max_bytes = max_bytes
 
-    @property
+    @functools.cached_property
     def client(self) -> SQSClient:
-        if self._client is None:
-            assert self._factory is not None
-            self._client = self._factory()
-        return self._client
+        return self._factory()
 
     def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
         bodies = [dead_letter_body(letter, self.max_bytes) for letter in letters]
