@@ -47,6 +47,21 @@ class CommandError(Exception):
     """Refused before anything changed."""
 
 
+# Top-level modules of the `relay` extra.  A plain `pip install outbox-relay` (the writer and
+# consumer helpers) lacks them; the subcommands that need them import them when they run.
+RELAY_EXTRA_MODULES = frozenset(
+    {
+        "aws_lambda_powertools",
+        "aws_msk_iam_sasl_signer",
+        "aws_xray_sdk",
+        "boto3",
+        "botocore",
+        "crc32c",
+        "kafka",
+    }
+)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain text table, numbers right-aligned."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
@@ -325,6 +340,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (OSError, ValueError) as exc:  # an unreadable file, an event file that is not JSON
         print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in RELAY_EXTRA_MODULES:
+            raise
+        print(
+            f"outbox-relay {args.command}: needs the relay's dependencies ({exc}): "
+            "pip install 'outbox-relay[relay]'",
+            file=sys.stderr,
+        )
         return 2
     return code
 
