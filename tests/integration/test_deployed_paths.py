@@ -41,6 +41,47 @@ def test_a_wrong_secret_is_one_clear_error_and_no_traceback(database: support.Da
     assert result["error"].startswith("database error: acquire shards: (1045) Access denied")
 
 
+@pytest.mark.parametrize(
+    ("secret", "error"),
+    [
+        (None, "cannot read secret db-missing-"),  # not there (or not allowed): GetSecretValue fails
+        ({"username": support.DB_USER}, "has no string 'password' field"),
+    ],
+)
+def test_a_database_secret_that_cannot_be_used_is_one_line_for_runs_and_operator_actions(
+    database: support.Database, invoke: Any, secret: dict[str, str] | None, error: str
+) -> None:
+    database.insert(support.backlog(3, 1))
+    arn = _secret(secret) if secret is not None else f"db-missing-{uuid.uuid4().hex[:8]}"
+
+    run = invoke(OUTBOX_DB_PASSWORD="", OUTBOX_DB_SECRET_ARN=arn)
+    status = invoke({"action": "status"}, OUTBOX_DB_PASSWORD="", OUTBOX_DB_SECRET_ARN=arn)
+
+    assert run["ok"] is False and run["stopped_by"] == "database_unavailable", run
+    assert error in run["error"] and "\n" not in run["error"]
+    assert status == {"ok": False, "error": status["error"]} and error in status["error"], status
+    assert database.status_counts() == {"PENDING": 3}
+
+
+def test_a_scram_secret_that_cannot_be_read_stops_the_run_as_kafka_unavailable(
+    database: support.Database, topics: support.Topics, invoke: Any
+) -> None:
+    database.insert(support.backlog(3, 1))
+    make_topics(topics, "order")
+    missing = f"AmazonMSK_missing-{uuid.uuid4().hex[:8]}"
+
+    run = invoke(
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
+        KAFKA_SASL_SECRET_ARN=missing,
+    )
+
+    assert run["ok"] is False and run["stopped_by"] == "kafka_unavailable", run
+    assert f"cannot read secret {missing}" in run["error"], run
+    rows = database.rows()
+    assert all(r["status"] == "PENDING" and r["attempts"] == 0 for r in rows), "an outage is no attempt"
+
+
 @pytest.mark.parametrize("mode", ["required", "verify"])
 def test_tls_to_the_database(database: support.Database, relay_env: dict[str, str], mode: str) -> None:
     env = {**relay_env, "OUTBOX_DB_TLS": mode, "OUTBOX_DB_SSL_CA": support.DB_CA if mode == "verify" else ""}

@@ -10,6 +10,7 @@ from typing import Any
 import pymysql
 
 from .config import DatabaseSettings
+from .ports import CredentialsUnavailable
 from .store_mysql import Connect
 
 SecretReader = Callable[[str], str]
@@ -25,7 +26,7 @@ def secret_password(read_secret: SecretReader, arn: str) -> str:
     password = value.get("password") if isinstance(value, dict) else None
     if isinstance(password, str):
         return password
-    raise ValueError(f"secret {arn} has no string 'password' field")
+    raise CredentialsUnavailable(f"secret {arn} has no string 'password' field")
 
 
 def tls_context(settings: DatabaseSettings) -> ssl.SSLContext | None:

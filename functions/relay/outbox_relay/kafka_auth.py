@@ -12,6 +12,7 @@ from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
 from .config import KafkaSettings
+from .ports import CredentialsUnavailable
 
 SecretReader = Callable[[str], str]
 # Refresh a signed token this long before it expires (tokens live 15 minutes).
@@ -47,14 +48,15 @@ class MskIamTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
 
 def scram_credentials(read_secret: SecretReader, arn: str) -> tuple[str, str]:
     """MSK SCRAM secrets (name prefix ``AmazonMSK_``) hold ``{"username": ..., "password": ...}``."""
+    raw = read_secret(arn)
     try:
-        value = json.loads(read_secret(arn))
+        value = json.loads(raw)
     except ValueError:
-        raise ValueError(f"SCRAM secret {arn} is not JSON") from None
+        raise CredentialsUnavailable(f"SCRAM secret {arn} is not JSON") from None
     if not isinstance(value, dict) or not all(
         isinstance(value.get(k), str) for k in ("username", "password")
     ):
-        raise ValueError(f"SCRAM secret {arn} needs string 'username' and 'password' fields")
+        raise CredentialsUnavailable(f"SCRAM secret {arn} needs string 'username' and 'password' fields")
     return value["username"], value["password"]
 
 

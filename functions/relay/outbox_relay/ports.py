@@ -23,6 +23,11 @@ class StoreUnavailable(Exception):
     """The database could not be reached or kept failing; nothing was half-applied."""
 
 
+class CredentialsUnavailable(ValueError):
+    """A secret holding credentials could not be read (missing, denied, unreachable) or lacks its
+    fields.  Not transient within a run: retrying at once would fail the same way."""
+
+
 class OutboxStore(Protocol):
     """The outbox table and its shard leases.  All times are decided by the database clock."""
 

@@ -24,7 +24,7 @@ from kafka import errors as kafka_errors
 
 from .config import KafkaSettings
 from .model import AggregateKey, Delivery, Message, SendResult
-from .ports import InFlight, Settled
+from .ports import CredentialsUnavailable, InFlight, Settled
 
 log = logging.getLogger("outbox_relay")
 
@@ -117,7 +117,10 @@ class KafkaPublisher:
                 raise _Unavailable("no time left to connect to Kafka")
             config = producer_config(self.settings, min(self.settings.max_block_ms, left_ms))
             if self._extra_config is not None:
-                config.update(self._extra_config())
+                try:
+                    config.update(self._extra_config())
+                except CredentialsUnavailable as exc:  # the SCRAM secret
+                    raise _Unavailable(f"cannot connect: {exc}") from exc
             try:
                 self._producer = self._factory(**config)
             except kafka_errors.KafkaError as exc:

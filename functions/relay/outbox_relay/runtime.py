@@ -13,7 +13,7 @@ from .config import Config, RelaySettings
 from .db import connector
 from .deadletter_sqs import SqsDeadLetterSink
 from .kafka_auth import auth_config
-from .ports import Metrics, SystemClock
+from .ports import CredentialsUnavailable, Metrics, SystemClock
 from .publisher_kafka import KafkaPublisher
 from .relay import Relay
 from .sql import OutboxSql
@@ -22,7 +22,11 @@ from .store_mysql import MySQLOutboxStore
 
 def _read_secret(arn: str) -> str:
     # Powertools caches the value for 5 minutes across warm invocations.
-    value: Any = parameters.get_secret(arn, max_age=300)
+    try:
+        value: Any = parameters.get_secret(arn, max_age=300)
+    except Exception as exc:  # GetParameterError, botocore errors: a run result, not a crash
+        detail = " ".join(str(exc).split())
+        raise CredentialsUnavailable(f"cannot read secret {arn}: {detail}") from exc
     return value if isinstance(value, str) else bytes(value).decode()
 
 

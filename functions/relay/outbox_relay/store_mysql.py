@@ -19,7 +19,7 @@ import pymysql
 import pymysql.cursors
 
 from .model import AggregateKey, FinalizePlan, FinalizeResult, OutboxRecord, PendingStats
-from .ports import StoreUnavailable
+from .ports import CredentialsUnavailable, StoreUnavailable
 from .sql import SESSION_SETUP, OutboxSql
 
 log = logging.getLogger("outbox_relay")
@@ -105,6 +105,8 @@ class MySQLOutboxStore:
             except pymysql.err.MySQLError as exc:  # a missing table, a privilege, bad data: not transient
                 self.rollback()
                 raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
+            except CredentialsUnavailable as exc:  # the password's secret: retrying now fails alike
+                raise StoreUnavailable(f"{what}: {exc}") from exc
             log.warning(
                 "database retry", extra={"operation": what, "attempt": attempt + 1, "error": _describe(last)}
             )
