@@ -9,7 +9,7 @@ export SAM_CLI_TELEMETRY := 0
 RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
 .PHONY: bench faults dev venv tools sam-cli stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
-	format build fetch-rds-ca clean
+	format build smoke fetch-rds-ca rie rie-path host-runtime invoke-local clean
 
 dev: venv stack-up migrate          ## everything for local work
 
@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY)/pip install --quiet --upgrade pip
-	$(PY)/pip install --quiet -e '.[dev]'
+	$(PY)/pip install --quiet -e '.[relay,dev]'
 	touch $(STAMP)
 
 stack-up: venv                      ## MariaDB + Kafka + moto on 127.0.0.1 (idempotent)
@@ -33,7 +33,7 @@ migrate: venv                       ## apply infra/migrations to the local datab
 demo: venv                          ## the relay end to end on the local stack
 	scripts/demo
 
-test: venv sam-cli stack-up         ## the whole suite, on the real local stack
+test: venv sam-cli rie stack-up     ## the whole suite, on the real local stack
 	$(PY)/pytest -q
 
 bench: venv stack-up                ## relay vs naive vs raw limits; docs/performance.md explains
@@ -72,8 +72,54 @@ sam-cli: .venv-sam/.installed
 	printf '{"telemetryEnabled": false, "lastVersionCheck": 4102444800.0}\n' >.venv-sam/metadata.json
 	touch .venv-sam/.installed
 
+# The layer ships the RDS CA bundle: layers/deps/certs/ (make fetch-rds-ca) or OUTBOX_RDS_CA_BUNDLE.
+# sam build runs the layer's make in a scratch copy, so a relative path is made absolute here.
+ifdef OUTBOX_RDS_CA_BUNDLE
+export OUTBOX_RDS_CA_BUNDLE := $(abspath $(OUTBOX_RDS_CA_BUNDLE))
+endif
+CA_BUNDLE := $(or $(OUTBOX_RDS_CA_BUNDLE),layers/deps/certs/rds-global-bundle.pem)
+
 build: sam-cli                      ## sam build, no Docker (function and layer: BuildMethod makefile)
 	__SAM_CLI_APP_DIR=$(CURDIR)/.venv-sam $(SAM) build
+
+# `sam local invoke` without Docker: the sam-built function, a layer from the same Makefile for
+# this machine's Python, the real Lambda Runtime Interface Emulator and awslambdaric.
+RIE_VERSION := v0.0.0-20261030222936-bef5c4ba774d
+AWSLAMBDARIC_VERSION := 4.2.2
+STACK_HOME := $(or $(OUTBOX_STACK_HOME),$(HOME)/.cache/outbox-relay)
+RIE := $(STACK_HOME)/rie-$(RIE_VERSION)/aws-lambda-rie
+HOST := .aws-sam/host
+HOST_PYTHON := python3
+EVENT ?= events/scheduler.json
+ENV_VARS ?= env.json
+
+rie: $(RIE)                         ## build the emulator once (Go module proxy), cached like the Kafka jars
+$(RIE):
+	GOPATH=$(STACK_HOME)/go GOBIN=$(dir $(RIE)) GOFLAGS=-modcacherw \
+		go install github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@$(RIE_VERSION)
+
+rie-path:                           ## where the emulator is (tests ask)
+	@echo $(RIE)
+
+host-runtime: $(HOST)/.built
+$(HOST)/.built: layers/deps/requirements.txt layers/deps/Makefile $(wildcard $(CA_BUNDLE))
+	rm -rf $(HOST) && mkdir -p $(HOST)
+	$(MAKE) -s -C layers/deps build-DepsLayer ARTIFACTS_DIR=$(CURDIR)/$(HOST)/DepsLayer PYTHON=$(HOST_PYTHON) \
+		PYTHON_VERSION=$$($(HOST_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') ARCH=$$(uname -m)
+	$(HOST_PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-compile \
+		--only-binary=:all: --target $(HOST)/runtime awslambdaric==$(AWSLAMBDARIC_VERSION)
+	touch $@
+
+# stdout is the handler's JSON result alone: the build's output goes to stderr.
+invoke-local:                       ## make invoke-local EVENT=events/<file>.json [ENV_VARS=env.json] [PARAMS='K=V ...']
+	@$(MAKE) -s --no-print-directory build rie host-runtime >&2
+	@.venv-sam/bin/python scripts/invoke_local.py "$(EVENT)" --env-vars "$(ENV_VARS)" \
+		--parameter-overrides "$(PARAMS)" --layer $(HOST)/DepsLayer --runtime-dir $(HOST)/runtime \
+		--rie $(RIE) --python $(HOST_PYTHON)
+
+smoke: venv                         ## after sam deploy: make smoke STACK=<stack name> [REGION=<region>]
+	@if [ -z "$(STACK)" ]; then echo 'usage: make smoke STACK=<stack name> [REGION=<region>]' >&2; exit 2; fi
+	$(PY)/python scripts/smoke.py --stack "$(STACK)" $(if $(REGION),--region "$(REGION)")
 
 fetch-rds-ca:                       ## the RDS CA bundle for OUTBOX_DB_TLS=verify, shipped in the layer
 	mkdir -p layers/deps/certs

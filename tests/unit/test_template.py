@@ -1,4 +1,5 @@
-"""The SAM application: lint-clean, transforms, least privilege, environments."""
+"""The SAM application: lint-clean, transforms, alarms (IAM and environment: test_deploy_iam,
+test_deploy_environment)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from typing import Any
 
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
-
-from outbox_relay.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMETERS = {
@@ -83,38 +82,6 @@ def test_sam_transform_gives_an_arm64_python_function_on_a_schedule() -> None:
     assert invoke_config["Properties"]["MaximumRetryAttempts"] == 0
 
 
-def test_iam_is_limited_to_what_the_code_calls() -> None:
-    roles = resources("AWS::IAM::Role")
-    relay_role = next(
-        r for name, r in roles.items() if name.startswith("RelayFunction") and "Schedule" not in name
-    )
-    # A conditional policy (the SCRAM secret) counts with its condition true: the widest case.
-    policies = [p["Fn::If"][1] if "Fn::If" in p else p for p in relay_role["Properties"]["Policies"]]
-    statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
-    actions: dict[str, Any] = {}
-    for statement in statements:
-        assert statement["Effect"] == "Allow"
-        for action in statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]:
-            actions[action] = statement["Resource"]
-    assert set(actions) == {
-        "sqs:SendMessage*",
-        "secretsmanager:GetSecretValue",
-        "kafka-cluster:Connect",
-        "kafka-cluster:DescribeCluster",
-        "kafka-cluster:WriteDataIdempotently",
-        "kafka-cluster:DescribeTopic",
-        "kafka-cluster:WriteData",
-    }
-    assert actions["kafka-cluster:WriteDataIdempotently"] == {"Ref": "MskClusterArn"}
-    assert "Fn::Join" in actions["kafka-cluster:WriteData"]  # topic ARNs under this cluster only
-    assert all(resource != "*" for resource in actions.values())
-    managed = {
-        m if isinstance(m, str) else json.dumps(m) for m in relay_role["Properties"]["ManagedPolicyArns"]
-    }
-    assert any("AWSLambdaBasicExecutionRole" in m for m in managed)
-    assert any("AWSLambdaVPCAccessExecutionRole" in m for m in managed)
-
-
 def test_alarms_cover_lag_dead_letters_dlq_errors_and_missing_runs() -> None:
     alarms = resources("AWS::CloudWatch::Alarm")
     by_metric = {a["Properties"]["MetricName"]: a["Properties"] for a in alarms.values()}
@@ -146,9 +113,3 @@ def test_samconfig_has_dev_and_prod() -> None:
         assert config[env]["global"]["parameters"]["stack_name"].startswith("outbox-relay-")
         overrides = config[env]["deploy"]["parameters"]["parameter_overrides"]
         assert "MskClusterArn=" in overrides and "DbSecretArn=" in overrides
-
-
-def test_env_json_for_sam_local_invoke_is_a_valid_configuration(tmp_path: Path) -> None:
-    env = json.loads((ROOT / "env.json").read_text())["RelayFunction"]
-    config = load_config(env)
-    assert config.database.host == "127.0.0.1" and config.kafka.bootstrap_servers == ("127.0.0.1:9092",)
