@@ -136,6 +136,8 @@ def emulator(
         # As the python runtime orders it: the function, the layer, then the runtime client.
         "PYTHONPATH": os.pathsep.join([str(task_root), str(layer / "python"), str(runtime_dir)]),
         "PYTHONUNBUFFERED": "1",
+        # /var/task is read-only in Lambda: never write bytecode into the artifact `sam deploy` ships.
+        "PYTHONDONTWRITEBYTECODE": "1",
     }
     command = [
         str(rie),

@@ -71,6 +71,8 @@ def test_the_scheduler_event_publishes_what_is_pending(
     assert logs and all(entry["function_request_id"] == request_id for entry in logs)
     assert {entry["function_name"] for entry in logs} == {"RelayFunction"}
     assert "Memory Size: 256 MB" in run.stderr
+    # /var/task is read-only in Lambda: the run wrote nothing into the artifact `sam deploy` ships.
+    assert not list(local_function.template.parent.rglob("__pycache__"))
 
 
 def test_the_rule_event_and_the_janitor_tick_are_scheduled_runs(
