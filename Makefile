@@ -9,7 +9,7 @@ export SAM_CLI_TELEMETRY := 0
 RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
 .PHONY: bench faults dev venv tools sam-cli stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
-	format build smoke fetch-rds-ca rie rie-path host-runtime invoke-local clean
+	format build smoke fetch-rds-ca rie rie-path local-build host-runtime invoke-local clean
 
 dev: venv stack-up migrate          ## everything for local work
 
@@ -77,45 +77,63 @@ sam-cli: .venv-sam/.installed
 ifdef OUTBOX_RDS_CA_BUNDLE
 export OUTBOX_RDS_CA_BUNDLE := $(abspath $(OUTBOX_RDS_CA_BUNDLE))
 endif
-CA_BUNDLE := $(or $(OUTBOX_RDS_CA_BUNDLE),layers/deps/certs/rds-global-bundle.pem)
 
+# No build cache: SAM's cache key is the layer's folder, which does not cover OUTBOX_RDS_CA_BUNDLE.
 build: sam-cli                      ## sam build, no Docker (function and layer: BuildMethod makefile)
-	__SAM_CLI_APP_DIR=$(CURDIR)/.venv-sam $(SAM) build
+	__SAM_CLI_APP_DIR=$(CURDIR)/.venv-sam $(SAM) build --no-cached
 
 # `sam local invoke` without Docker: the sam-built function, a layer from the same Makefile for
-# this machine's Python, the real Lambda Runtime Interface Emulator and awslambdaric.
+# this machine's Python, the real Lambda Runtime Interface Emulator and awslambdaric.  Built in a
+# folder of its own with the local stack's CA, so nothing local reaches what `sam deploy` ships.
 RIE_VERSION := v0.0.0-20261030222936-bef5c4ba774d
 AWSLAMBDARIC_VERSION := 4.2.2
 STACK_HOME := $(or $(OUTBOX_STACK_HOME),$(HOME)/.cache/outbox-relay)
 RIE := $(STACK_HOME)/rie-$(RIE_VERSION)/aws-lambda-rie
-HOST := .aws-sam/host
+LOCAL := .aws-sam/local
+LOCAL_CA := $(dir $(or $(OUTBOX_MARIADB_DIR),/var/lib/outbox-relay/mariadb))tls/ca.pem
 HOST_PYTHON := python3
+# The host layer is rebuilt when anything it is made of changes (Python, pins, Makefile, the CA).
+HOST_KEY := $(shell { $(HOST_PYTHON) -VV; uname -m; echo $(AWSLAMBDARIC_VERSION); \
+	cat layers/deps/requirements.txt layers/deps/Makefile $(LOCAL_CA); } 2>/dev/null | cksum | cut -d' ' -f1)
+HOST := $(LOCAL)/host-$(HOST_KEY)
 EVENT ?= events/scheduler.json
 ENV_VARS ?= env.json
+# The local stack's AWS: moto in us-east-1 with its test keys; never a profile, the instance
+# metadata service or the developer's own credentials.
+LOCAL_AWS := env -u AWS_PROFILE -u AWS_SESSION_TOKEN AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 \
+	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true \
+	AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 
 rie: $(RIE)                         ## build the emulator once (Go module proxy), cached like the Kafka jars
 $(RIE):
+	@command -v go >/dev/null || { echo "go is missing: the Lambda Runtime Interface Emulator is a Go module (apt-get install -y golang)" >&2; exit 1; }
 	GOPATH=$(STACK_HOME)/go GOBIN=$(dir $(RIE)) GOFLAGS=-modcacherw \
 		go install github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@$(RIE_VERSION)
 
 rie-path:                           ## where the emulator is (tests ask)
 	@echo $(RIE)
 
+local-build: sam-cli
+	@test -f "$(LOCAL_CA)" || { echo "$(LOCAL_CA) is missing: start the local stack first (make dev); the local build ships its CA" >&2; exit 1; }
+	__SAM_CLI_APP_DIR=$(CURDIR)/.venv-sam OUTBOX_RDS_CA_BUNDLE=$(LOCAL_CA) \
+		$(SAM) build --no-cached --build-dir $(LOCAL)/build
+
 host-runtime: $(HOST)/.built
-$(HOST)/.built: layers/deps/requirements.txt layers/deps/Makefile $(wildcard $(CA_BUNDLE))
-	rm -rf $(HOST) && mkdir -p $(HOST)
+$(HOST)/.built:
+	rm -rf $(LOCAL)/host-* && mkdir -p $(HOST)
 	$(MAKE) -s -C layers/deps build-DepsLayer ARTIFACTS_DIR=$(CURDIR)/$(HOST)/DepsLayer PYTHON=$(HOST_PYTHON) \
-		PYTHON_VERSION=$$($(HOST_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') ARCH=$$(uname -m)
+		OUTBOX_RDS_CA_BUNDLE=$(LOCAL_CA) ARCH=$$(uname -m) \
+		PYTHON_VERSION=$$($(HOST_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 	$(HOST_PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-compile \
 		--only-binary=:all: --target $(HOST)/runtime awslambdaric==$(AWSLAMBDARIC_VERSION)
 	touch $@
 
 # stdout is the handler's JSON result alone: the build's output goes to stderr.
 invoke-local:                       ## make invoke-local EVENT=events/<file>.json [ENV_VARS=env.json] [PARAMS='K=V ...']
-	@$(MAKE) -s --no-print-directory build rie host-runtime >&2
-	@.venv-sam/bin/python scripts/invoke_local.py "$(EVENT)" --env-vars "$(ENV_VARS)" \
-		--parameter-overrides "$(PARAMS)" --layer $(HOST)/DepsLayer --runtime-dir $(HOST)/runtime \
-		--rie $(RIE) --python $(HOST_PYTHON)
+	@$(MAKE) -s --no-print-directory local-build rie host-runtime >&2
+	@$(LOCAL_AWS) .venv-sam/bin/python scripts/invoke_local.py "$(EVENT)" --env-vars "$(ENV_VARS)" \
+		--template $(LOCAL)/build/template.yaml --parameter-overrides "$(PARAMS)" \
+		--layer $(HOST)/DepsLayer --runtime-dir $(HOST)/runtime --rie $(RIE) --python $(HOST_PYTHON)
 
 smoke: venv                         ## after sam deploy: make smoke STACK=<stack name> [REGION=<region>]
 	@if [ -z "$(STACK)" ]; then echo 'usage: make smoke STACK=<stack name> [REGION=<region>]' >&2; exit 2; fi
@@ -123,7 +141,9 @@ smoke: venv                         ## after sam deploy: make smoke STACK=<stack
 
 fetch-rds-ca:                       ## the RDS CA bundle for OUTBOX_DB_TLS=verify, shipped in the layer
 	mkdir -p layers/deps/certs
-	curl -fsSL -o layers/deps/certs/rds-global-bundle.pem $(RDS_CA_URL)
+	curl -fsSL -o layers/deps/certs/.download.pem $(RDS_CA_URL)
+	OUTBOX_RDS_CA_BUNDLE=$(CURDIR)/layers/deps/certs/.download.pem $(MAKE) -s -C layers/deps check-ca-bundle
+	mv layers/deps/certs/.download.pem layers/deps/certs/rds-global-bundle.pem
 
 format: venv
 	$(PY)/ruff format .

@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError
 from samcli.cli.types import CfnParameterOverridesType
 from samcli.commands.exceptions import UserException
 from samcli.commands.local.lib.exceptions import OverridesNotWellDefinedError
@@ -90,6 +92,8 @@ def resolve_function(
         env = config.env_vars.resolve()
     except OverridesNotWellDefinedError as exc:
         raise Failure(f"--env-vars {env_vars_file}: {exc}") from exc
+    except (UserException, BotoCoreError) as exc:  # e.g. a parameter override of the wrong type, a profile
+        raise Failure(" ".join(str(exc).split())) from exc
     return dict(env), Path(config.code_abs_path), str(config.handler), int(config.timeout)
 
 
@@ -138,6 +142,9 @@ def emulator(
         "PYTHONUNBUFFERED": "1",
         # /var/task is read-only in Lambda: never write bytecode into the artifact `sam deploy` ships.
         "PYTHONDONTWRITEBYTECODE": "1",
+        # No shared AWS config or credentials files in a Lambda sandbox: only the environment.
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     }
     command = [
         str(rie),
@@ -223,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         env, task_root, handler, timeout = resolve_function(
             args.template.resolve(), args.function, args.env_vars, overrides
         )
-        for path, what in ((args.rie, "the emulator (make rie)"), (args.layer / "python", "the host layer")):
+        needed = (
+            (args.rie, "the emulator (make rie)"),
+            (args.layer / "python", "the host layer (make host-runtime)"),
+            (args.runtime_dir / "awslambdaric", "the runtime client (make host-runtime)"),
+        )
+        if shutil.which(args.python) is None:
+            raise Failure(f"--python {args.python}: no such interpreter")
+        for path, what in needed:
             if not path.exists():
                 raise Failure(f"{path} is missing: {what}")
         layer, runtime_dir = args.layer.resolve(), args.runtime_dir.resolve()
@@ -232,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             status, body = invoke(url, event, timeout + 15)
     except Failure as exc:
         sys.stderr.write(f"invoke-local: {exc}\n")
+        return 2
+    except Exception as exc:  # anything else this tool did not foresee: still one line, exit 2
+        sys.stderr.write(f"invoke-local: {type(exc).__name__}: {' '.join(str(exc).split())}\n")
         return 2
     sys.stdout.write(body.decode("utf-8", "replace") + "\n")
     return 0 if ran(status, body) else 1

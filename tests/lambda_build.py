@@ -153,6 +153,7 @@ class LocalFunction:
         parameter_overrides: str = "",
         raw_event: bytes | None = None,
         template: Path | None = None,
+        shell_env: dict[str, str] | None = None,
     ) -> Invocation:
         event_file, env_file = tmp / "event.json", tmp / "env.json"
         event_file.write_bytes(raw_event if raw_event is not None else json.dumps(event).encode())
@@ -160,6 +161,7 @@ class LocalFunction:
         started = time.monotonic()
         # Only what a user's shell would hold: nothing of the test's own environment leaks in.
         shell = {k: v for k, v in os.environ.items() if not k.startswith(("OUTBOX_", "KAFKA_", "DLQ_"))}
+        shell.update(shell_env or {})
         result = subprocess.run(
             [
                 *(str(SAM_PYTHON), str(INVOKE_LOCAL), str(event_file)),

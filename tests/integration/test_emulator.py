@@ -6,8 +6,10 @@ malformed events and an unhandled exception.  Each invocation is a cold start in
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -293,3 +295,109 @@ def test_bad_tool_input_is_one_line_and_exit_2(
     bad_env = local_function.invoke({}, {"RelayFunction": ["not", "a", "mapping"]}, tmp_path)
     assert bad_env.returncode == 2 and "invoke-local: --env-vars" in bad_env.stderr
     assert "Traceback" not in bad_env.stderr
+
+
+def test_the_environment_is_resolved_as_sam_does_declared_only_with_its_precedence(
+    local_function: lambda_build.LocalFunction,
+    env_vars: dict[str, Any],
+    database: support.Database,
+    tmp_path: Path,
+) -> None:
+    database.insert(support.backlog(7, 1))
+    block = dict(env_vars["RelayFunction"])
+    name = block.pop("OUTBOX_DB_NAME")
+    # An undeclared variable is dropped: were it passed, this value would fail the configuration.
+    block["OUTBOX_LEASE_MARGIN_SECONDS"] = "not a number"
+
+    def pending(env: dict[str, Any], shell: dict[str, str] | None = None) -> Any:
+        run = local_function.invoke({"action": "status"}, env, tmp_path, shell_env=shell)
+        return summary_of(run)
+
+    # The database name from the Parameters block, from the shell, and the function block over both.
+    assert pending({"Parameters": {"OUTBOX_DB_NAME": name}, "RelayFunction": block})["pending"] == 7
+    assert pending({"RelayFunction": block}, shell={"OUTBOX_DB_NAME": name})["pending"] == 7
+    over = pending(
+        {"Parameters": {"OUTBOX_DB_NAME": "no_such_db"}, "RelayFunction": {**block, "OUTBOX_DB_NAME": name}},
+        shell={"OUTBOX_DB_NAME": "no_such_db"},
+    )
+    assert over["pending"] == 7, over
+    # Neither: the template's value, !Ref DbName, which SAM resolves locally (no parameter value
+    # given) to the parameter's name: a database of that name does not exist.
+    missing = pending({"RelayFunction": block})
+    assert missing["ok"] is False and "Unknown database 'DbName'" in missing["error"], missing
+
+
+def test_a_function_that_outlives_its_timeout_is_killed_and_reported(
+    local_function: lambda_build.LocalFunction,
+    built_repo: Path,
+    env_vars: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    # The built artifact with its handler made to hang: what the emulator does at the timeout.
+    build = shutil.copytree(built_repo / ".aws-sam" / "build", tmp_path / "build")
+    handler = build / "RelayFunction" / "outbox_relay" / "handler.py"
+    source = handler.read_text()
+    handler.write_text(
+        source.replace(
+            "    return handle(event, context, os.environ)\n",
+            "    import time\n    time.sleep(60)\n    return {}\n",
+        )
+    )
+
+    run = local_function.invoke(
+        {"source": "aws.scheduler"},
+        env_vars,
+        tmp_path,
+        parameter_overrides="FunctionTimeoutSeconds=3",
+        template=build / "template.yaml",
+    )
+
+    assert run.returncode == 1 and run.stdout.strip() == "Task timed out after 3.00 seconds", run.stdout
+    assert run.seconds < 30
+
+
+def test_make_invoke_local_runs_the_repositorys_env_json_on_the_local_stack(
+    built_repo: Path, local_stack: None
+) -> None:
+    """The user's command, as the README gives it: the Makefile targets, the repository's env.json
+    unchanged (its moto secret made by `scripts/local-stack up`), the host's python3."""
+    for venv in (".venv", ".venv-sam"):
+        if not (built_repo / venv).exists():
+            (built_repo / venv).symlink_to(support.ROOT / venv)
+    # A user's shell: nothing of the relay's or AWS's settings (the Makefile sets the local AWS).
+    shell = {k: v for k, v in os.environ.items() if not k.startswith(("OUTBOX_", "KAFKA_", "DLQ_", "AWS_"))}
+
+    def make(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            # -o: the venvs are the repository's (linked): never (re)install them from here.
+            [
+                "make",
+                "-s",
+                "--no-print-directory",
+                "-o",
+                ".venv/.installed",
+                "-o",
+                ".venv-sam/.installed",
+                *args,
+            ],
+            cwd=built_repo,
+            env=shell,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+
+    deploy_build = built_repo / ".aws-sam" / "build"
+    before = {p: p.read_bytes() for p in deploy_build.rglob("*") if p.is_file()}
+    migrated = make("migrate")
+    assert migrated.returncode == 0, migrated.stderr[-2000:]
+    run = make("invoke-local", "EVENT=events/status.json")
+
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    (line,) = run.stdout.splitlines()
+    status = json.loads(line)
+    assert status["ok"] is True and status["action"] == "status", status
+    # What `sam deploy` would ship was not touched: the local build has a folder of its own.
+    assert (built_repo / ".aws-sam" / "local" / "build" / "template.yaml").is_file()
+    assert {p: p.read_bytes() for p in deploy_build.rglob("*") if p.is_file()} == before

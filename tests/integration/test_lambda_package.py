@@ -3,7 +3,9 @@ the RDS CA bundle where the function's environment points, or fails with one lin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from samtranslator.yaml_helper import yaml_parse
@@ -11,18 +13,36 @@ from samtranslator.yaml_helper import yaml_parse
 from tests import lambda_build, support
 
 FIX = (
-    "outbox-relay layer: no RDS CA bundle (layers/deps/certs/rds-global-bundle.pem or OUTBOX_RDS_CA_BUNDLE):"
+    "outbox-relay layer: no RDS CA bundle at layers/deps/certs/rds-global-bundle.pem:"
     " run 'make fetch-rds-ca' or set OUTBOX_RDS_CA_BUNDLE=/absolute/path/to/global-bundle.pem"
 )
 
 
-def ca_path_in_the_environment(template: Path) -> str:
-    """The CA path the template's function environment names (the DbTlsMode=verify branch)."""
-    env = yaml_parse(template.read_text())["Resources"]["RelayFunction"]["Properties"]["Environment"]
-    condition, when_verify, otherwise = env["Variables"]["OUTBOX_DB_SSL_CA"]["Fn::If"]
-    assert condition == "VerifiesDbTls" and otherwise == ""
-    assert isinstance(when_verify, str) and when_verify.startswith("/opt/")
-    return when_verify
+# Where Lambda mounts each artifact, and which template resource builds it.
+MOUNTS = {"/opt/": "DepsLayer", "/var/task/": "RelayFunction"}
+
+
+def _strings(node: Any) -> Iterator[str]:
+    """Every string in a template value: both branches of !If, the pieces of !Join and !Sub..."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+
+
+def environment_paths(template: Path) -> dict[str, set[str]]:
+    """Absolute paths named by RelayFunction's environment (any branch), by variable."""
+    function = yaml_parse(template.read_text())["Resources"]["RelayFunction"]["Properties"]
+    paths: dict[str, set[str]] = {}
+    for name, value in function.get("Environment", {}).get("Variables", {}).items():
+        for text in _strings(value):
+            if text.startswith("/"):
+                paths.setdefault(name, set()).add(text)
+    return paths
 
 
 def test_a_clean_clone_without_the_ca_bundle_fails_the_build_with_one_line(tmp_path: Path) -> None:
@@ -37,22 +57,31 @@ def test_a_clean_clone_without_the_ca_bundle_fails_the_build_with_one_line(tmp_p
     assert not (repo / ".aws-sam" / "build" / "template.yaml").exists(), "no built template to deploy"
 
 
-@pytest.mark.parametrize("content", ["", "<html>Access Denied</html>\n"])
+TRUNCATED = "-----BEGIN CERTIFICATE-----\nMIIDdzCCAl+gAwIBAgIUQ\n"
+
+
+@pytest.mark.parametrize("content", ["", "<html>Access Denied</html>\n", TRUNCATED])
 def test_a_bundle_that_holds_no_certificate_fails_the_build_too(tmp_path: Path, content: str) -> None:
     repo = lambda_build.clean_copy(tmp_path / "clone")
     bundle = tmp_path / "bundle.pem"
     bundle.write_text(content)
     result = lambda_build.sam_build(repo, ca_bundle=str(bundle))
     assert result.returncode != 0
-    assert f"outbox-relay layer: {bundle} holds no PEM certificate" in result.stdout + result.stderr
+    assert f"outbox-relay layer: {bundle} is not a PEM CA bundle" in result.stdout + result.stderr
 
 
-def test_the_built_layer_holds_the_bundle_where_the_environment_points(built_repo: Path) -> None:
+def test_every_path_the_environment_names_exists_in_the_built_artifacts(built_repo: Path) -> None:
     build = built_repo / ".aws-sam" / "build"
-    path = ca_path_in_the_environment(build / "template.yaml")
-    shipped = build / "DepsLayer" / path.removeprefix("/opt/")
-    assert shipped.is_file(), f"{path} is not in the layer"
-    assert shipped.read_bytes() == Path(support.DB_CA).read_bytes()
+    paths = environment_paths(build / "template.yaml")
+    assert paths == {"OUTBOX_DB_SSL_CA": {"/opt/certs/rds-global-bundle.pem"}}, "a new path: check it ships"
+    for variable, named in sorted(paths.items()):
+        for path in sorted(named):
+            mount = next(m for m in MOUNTS if path.startswith(m))
+            shipped = build / MOUNTS[mount] / path.removeprefix(mount)
+            assert shipped.is_file(), f"{variable}={path}: {MOUNTS[mount]} has no {shipped}"
+    # The bundle it was given (the local stack's CA here), byte for byte.
+    ca = build / "DepsLayer" / "certs" / "rds-global-bundle.pem"
+    assert ca.read_bytes() == Path(support.DB_CA).read_bytes()
 
 
 def test_sam_build_makes_the_function_and_a_python313_arm64_layer(built_repo: Path) -> None:

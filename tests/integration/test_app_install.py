@@ -13,10 +13,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import uuid
 import venv
 from pathlib import Path
 
 import pytest
+
+from tests import support
 
 pytestmark = pytest.mark.slow
 
@@ -190,3 +193,40 @@ def test_relay_commands_without_the_extra_say_how_to_get_it(app_venv: Path, argv
 def test_cli_help_works_without_the_extra(app_venv: Path) -> None:
     done = _run([str(app_venv / "outbox-relay"), "--help"], cwd=app_venv.parent)
     assert "migrate" in done.stdout
+
+
+def test_migrate_works_without_the_extra_and_a_secret_asks_for_it(app_venv: Path, local_stack: None) -> None:
+    name = f"t_app_{uuid.uuid4().hex[:10]}"
+    with support.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    env = {
+        **_env(),
+        "OUTBOX_DB_HOST": support.DB_HOST,
+        "OUTBOX_DB_PORT": str(support.DB_PORT),
+        "OUTBOX_DB_NAME": name,
+        "OUTBOX_DB_USER": support.DB_USER,
+    }
+    command = [str(app_venv / "outbox-relay"), "migrate", "--dir", str(support.MIGRATIONS)]
+    try:
+        done = subprocess.run(
+            command,
+            check=False,
+            env={**env, "OUTBOX_DB_PASSWORD": support.DB_PASSWORD},
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert support.Database(name).status_counts() == {}  # the outbox table exists, empty
+        # The password in Secrets Manager: that takes boto3, from the extra.
+        secret = subprocess.run(
+            command,
+            check=False,
+            env={**env, "OUTBOX_DB_SECRET_ARN": "outbox-relay/local/db"},
+            capture_output=True,
+            text=True,
+        )
+        assert secret.returncode == 2 and secret.stderr.strip().endswith(HINT), secret.stderr
+        assert "Traceback" not in secret.stderr
+    finally:
+        with support.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
