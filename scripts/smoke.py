@@ -9,15 +9,17 @@ Reads the stack's resources from CloudFormation, then checks, one line each:
 - the function (``RelayFunction``) is ``Active`` and its last update succeeded;
 - ``{"action": "status"}`` and ``{"dry_run": true}`` invoked on the deployed function answer
   ``"ok": true`` (a dry run leases nothing, writes nothing, sends nothing);
-- the relay schedule and the janitor schedule exist, are ``ENABLED`` and target the function;
-- the five alarms exist in CloudWatch (their state and notification actions are printed: a
+- the relay schedule and the janitor schedule exist, are ``ENABLED`` and target the relay function
+  and the janitor function (``JanitorFunction``; the relay function in stacks without one);
+- the alarms exist in CloudWatch (their state and notification actions are printed: a
   fresh stack's lag and no-success alarms may well be in ALARM; that is reported, not failed);
 - the dead-letter queue exists (its depth is printed).
 
 Exit status: 0 when every check passed; 1 when any check failed, or nothing could be checked
 (stack not found, no region, expired credentials, AWS unreachable: one line, no traceback);
-2 for a usage error.  With no AWS credentials configured at all it prints one line starting
-``smoke: SKIPPED`` and exits 0: nothing was checked and it says so; it never prints PASS.
+2 for a usage error; 3 when skipped: with no AWS credentials configured at all it prints one line
+starting ``smoke: SKIPPED`` and checks nothing (not 0: a pipeline whose credentials went missing
+must not pass; it never prints PASS).
 
 Every AWS call has a 5 s connect timeout, a 10 s read timeout (the invocations wait as long as
 the function may run, and at least 30 s) and at most 2 attempts.  The invocations are real:
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 # What template.yaml (after the SAM transform) names the resources this checks.
 FUNCTION_ID = "RelayFunction"
+JANITOR_FUNCTION_ID = "JanitorFunction"
 QUEUE_ID = "DeadLetterQueue"
 ALARM_IDS = (
     "LagAlarm",
@@ -47,6 +51,9 @@ ALARM_IDS = (
     "DeadLetterQueueNotEmptyAlarm",
     "FunctionErrorsAlarm",
     "NoSuccessfulRunAlarm",
+    "AsyncEventsDroppedAlarm",
+    "JanitorNotSucceedingAlarm",
+    "DeadRowsAlarm",
 )
 # The schedules are told apart by the action in their input: the relay's names none.
 SCHEDULE_ROLES = {"relay": "the relay does not run", "janitor": "old rows are not deleted"}
@@ -102,6 +109,7 @@ class Inventory:
     status: str
     resource_count: int
     function: Resource | None = None
+    janitor: Resource | None = None
     queue: Resource | None = None
     schedules: list[Resource] = field(default_factory=list)
     alarms: list[Resource] = field(default_factory=list)
@@ -135,6 +143,8 @@ def discover(cloudformation: Any, stack: str) -> Inventory:
             )
             if kind == FUNCTION_TYPE and resource.logical_id == FUNCTION_ID:
                 inventory.function = resource
+            elif kind == FUNCTION_TYPE and resource.logical_id == JANITOR_FUNCTION_ID:
+                inventory.janitor = resource
             elif kind == QUEUE_TYPE and resource.logical_id == QUEUE_ID:
                 inventory.queue = resource
             elif kind == SCHEDULE_TYPE:
@@ -347,6 +357,7 @@ def _get_schedule(scheduler: Any, name: str) -> dict[str, Any] | None:
 def check_schedules(scheduler: Any, inventory: Inventory, function: Function | None) -> list[Check]:
     checks: list[Check] = []
     seen: set[str] = set()
+    janitor = _janitor_function(inventory, function)
     for resource in inventory.schedules:
         name = f"schedule {resource.logical_id}"
         problem = resource_problem(resource)
@@ -367,11 +378,20 @@ def check_schedules(scheduler: Any, inventory: Inventory, function: Function | N
         if role in SCHEDULE_ROLES and role not in seen:
             seen.add(role)
             name = f"schedule {role}"
-        checks.append(_judge_schedule(name, role, schedule, function))
+        target = janitor if role == "janitor" and janitor is not None else function
+        checks.append(_judge_schedule(name, role, schedule, target))
     for role, consequence in SCHEDULE_ROLES.items():
         if role not in seen:
             checks.append(failed(f"schedule {role}", f"none in the stack: {consequence}"))
     return checks
+
+
+def _janitor_function(inventory: Inventory, relay: Function | None) -> Function | None:
+    """The stack's janitor function (same account and region as the relay's), or None."""
+    resource = inventory.janitor
+    if relay is None or resource is None or not resource.physical_id:
+        return None
+    return Function(resource.physical_id, f"{relay.arn.rsplit(':', 1)[0]}:{resource.physical_id}", 0)
 
 
 def _judge_schedule(name: str, role: str, schedule: dict[str, Any], function: Function | None) -> Check:
@@ -504,6 +524,9 @@ def report(checks: Sequence[Check], out: TextIO) -> int:
     return 0
 
 
+SKIPPED = 3
+
+
 def main(argv: Iterable[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     parser = argparse.ArgumentParser(description="Smoke-test a deployed outbox-relay stack.")
     parser.add_argument("--stack", required=True, help="the stack name sam deploy used")
@@ -522,7 +545,7 @@ def main(argv: Iterable[str] | None = None, out: TextIO = sys.stdout, err: TextI
             "smoke: SKIPPED: no AWS credentials configured, nothing was checked"
             " (set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)\n"
         )
-        return 0
+        return SKIPPED
     region = session.region_name
     if not region:
         err.write("smoke: error: no AWS region: pass --region (make smoke REGION=...) or set AWS_REGION\n")
@@ -533,6 +556,8 @@ def main(argv: Iterable[str] | None = None, out: TextIO = sys.stdout, err: TextI
         err.write(f"smoke: error: {describe_error(exc)}\n")
         return 1
     where = f"{args.stack} in {region}, account {account}"
+    if os.environ.get("AWS_ENDPOINT_URL"):  # e.g. a shell that ran `eval "$(scripts/local-stack env)"`
+        where += f", endpoint {os.environ['AWS_ENDPOINT_URL']} (AWS_ENDPOINT_URL: not AWS itself)"
     try:
         clients = Clients.for_session(session)
         inventory = discover(clients.cloudformation, args.stack)

@@ -119,5 +119,7 @@ def test_emf_output_carries_the_lag_of_a_known_backlog(
     assert {"Name": "OldestPendingAgeSeconds", "Unit": "Seconds"} in directive["Metrics"]
     assert 120 <= emf["OldestPendingAgeSeconds"][0] < 130
     assert emf["PendingCount"] == [12.0]
+    # A dry run is an operator action, not a relay run (test_alarm_metrics.py has the relay runs').
+    assert emf["OperatorActions"] == [1.0]
     for name in ("Published", "Retried", "DeadLettered", "LeaseLost", "RunSucceeded", "RunDurationMs"):
-        assert name in emf
+        assert name not in emf

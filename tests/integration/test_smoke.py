@@ -317,7 +317,7 @@ def by_name(checks: list[Any]) -> dict[str, Any]:
 
 def test_without_credentials_it_says_skipped_in_one_line(tmp_path: Path) -> None:
     result = run_script(bare_env(tmp_path), "--stack", "outbox-relay-dev", "--region", "eu-west-1")
-    assert result.returncode == 0, result
+    assert result.returncode == 3, result  # not 0: nothing was checked
     assert result.stderr == ""
     (line,) = lines(result)
     assert line.startswith("smoke: SKIPPED: no AWS credentials configured"), line
@@ -340,7 +340,7 @@ def test_make_smoke_needs_a_stack_and_passes_it_on(tmp_path: Path) -> None:
     assert usage.returncode != 0
     assert "usage: make smoke STACK=<stack name>" in usage.stderr
     skipped = make("STACK=outbox-relay-dev", "REGION=eu-west-1")
-    assert skipped.returncode == 0, skipped
+    assert skipped.returncode != 0, skipped  # make reports the script's 3 as its own failure
     assert skipped.stdout.startswith("smoke: SKIPPED")
 
 
@@ -377,7 +377,8 @@ def test_a_moto_stack_end_to_end_reports_what_moto_lacks(
     print(result.stdout, result.stderr)
     assert result.returncode == 1 and result.stderr == ""
     out = lines(result)
-    assert out[0] == f"smoke: {stack} in us-east-1, account {ACCOUNT}"
+    endpoint = f"endpoint {private_moto} (AWS_ENDPOINT_URL: not AWS itself)"
+    assert out[0] == f"smoke: {stack} in us-east-1, account {ACCOUNT}, {endpoint}"
     assert row(out, "stack").startswith(f"PASS stack {stack}: CREATE_COMPLETE, 3 resources")
     # (moto's CloudFormation drops Architectures: x86_64)
     assert row(out, "function").startswith(f"PASS function {stack}-relay: Active, python3.13 ")
@@ -392,7 +393,7 @@ def test_a_moto_stack_end_to_end_reports_what_moto_lacks(
         )
     assert row(out, "dead-letter queue").startswith(f"PASS dead-letter queue {stack}-DeadLetterQueue-")
     assert row(out, "dead-letter queue").endswith(": 0 messages, 0 in flight")
-    assert out[-1] == "smoke: FAILED: 7 of 12 checks failed"
+    assert out[-1] == "smoke: FAILED: 10 of 15 checks failed"
 
 
 def test_a_healthy_deployment_passes_every_check(
@@ -405,7 +406,7 @@ def test_a_healthy_deployment_passes_every_check(
     checks, code, out = checked(private_moto, stack, schedules, alarms)
 
     assert code == 0 and all(c.ok for c in checks), out
-    assert out.splitlines()[-1] == "smoke: PASSED: all 12 checks"
+    assert out.splitlines()[-1] == "smoke: PASSED: all 15 checks"
     found = by_name(checks)
     assert "pending 12 (oldest" in found["invoke status"].detail
     topic = real_answers[0]["topics"][0]["topic"]
@@ -438,7 +439,7 @@ def test_a_disabled_schedule_and_a_deleted_alarm_fail(
     assert found[f"alarm {deleted.logical_id}"].detail == (
         f"{deleted.physical_id} is in the stack but not in CloudWatch"
     )
-    assert out.splitlines()[-1] == "smoke: FAILED: 2 of 12 checks failed"
+    assert out.splitlines()[-1] == "smoke: FAILED: 2 of 15 checks failed"
 
 
 def test_a_schedule_aimed_at_another_function_fails(
@@ -456,6 +457,30 @@ def test_a_schedule_aimed_at_another_function_fails(
     assert failure.name == "schedule janitor" and failure.detail.endswith(
         f"targets {other}, not {stack}-relay"
     )
+
+
+@pytest.mark.parametrize("janitor_schedule_targets", ["janitor", "relay"])
+def test_the_janitor_schedule_must_target_the_stacks_janitor_function(
+    private_moto: str, janitor_schedule_targets: str
+) -> None:
+    """Since the janitor has a function of its own, its schedule must run that one, not the relay."""
+    stack = f"smoke-{uuid.uuid4().hex[:10]}"
+    functions = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function"
+    relay = smoke.Function(f"{stack}-relay", f"{functions}:{stack}-relay", 60)
+    target = f"{functions}:{stack}-janitor" if janitor_schedule_targets == "janitor" else None
+    schedules, _ = add_schedules_and_alarms(private_moto, stack, janitor_target=target)
+    inventory = smoke.Inventory(stack, "CREATE_COMPLETE", 0, schedules=schedules)
+    inventory.janitor = smoke.Resource(smoke.JANITOR_FUNCTION_ID, f"{stack}-janitor", "CREATE_COMPLETE")
+    scheduler = boto3.client("scheduler", endpoint_url=private_moto, region_name=REGION)
+
+    found = by_name(smoke.check_schedules(scheduler, inventory, relay))
+
+    assert found["schedule relay"].ok, found["schedule relay"]
+    janitor = found["schedule janitor"]
+    if janitor_schedule_targets == "janitor":
+        assert janitor.ok and janitor.detail.endswith(": ENABLED, rate(15 minutes)"), janitor
+    else:
+        assert not janitor.ok and janitor.detail.endswith(f"targets {relay.arn}, not {stack}-janitor")
 
 
 def test_answers_swapped_by_the_function_are_not_taken_for_the_right_ones(
@@ -583,7 +608,7 @@ def test_no_function_means_no_invocation_and_two_failures() -> None:
 
 def test_the_expected_resources_are_those_of_the_transformed_template() -> None:
     assert set(resources("AWS::CloudWatch::Alarm")) == set(smoke.ALARM_IDS)
-    assert set(resources("AWS::Lambda::Function")) == {smoke.FUNCTION_ID}
+    assert set(resources("AWS::Lambda::Function")) == {smoke.FUNCTION_ID, smoke.JANITOR_FUNCTION_ID}
     assert set(resources("AWS::SQS::Queue")) == {smoke.QUEUE_ID}
     roles = [
         smoke.schedule_role({"Target": {"Input": s["Properties"]["Target"]["Input"]}})

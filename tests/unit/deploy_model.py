@@ -22,6 +22,7 @@ from tests.unit.test_template import PARAMETERS, _ManagedPolicies
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "functions" / "relay" / "outbox_relay"
 HANDLER = "outbox_relay.handler.lambda_handler"
+JANITOR_HANDLER = "outbox_relay.handler.janitor_handler"  # JanitorFunction's entry point
 REGION, ACCOUNT = "eu-west-1", "111111111111"
 # The SCRAM secret's customer managed KMS key (MSK refuses SCRAM secrets under the default key).
 SCRAM_KMS_KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -35,6 +36,12 @@ SCENARIOS: dict[str, dict[str, str]] = {
         "KafkaSaslSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:AmazonMSK_relay-AbCdEf",
         "KafkaSaslSecretKmsKeyId": SCRAM_KMS_KEY_ID,
         "KafkaBootstrapServers": "b-1.x.kafka.eu-west-1.amazonaws.com:9096",
+    },
+    "aurora-iam": {
+        **PARAMETERS,
+        "DbAuth": "iam",
+        "DbSecretArn": "",
+        "DbClusterResourceId": "cluster-ABCDEFGHIJKLMNOPQRSTUVWXY0",
     },
     "tls-only": {
         **PARAMETERS,
@@ -202,22 +209,24 @@ class Stack:
         raise NotImplementedError(f"Fn::GetAtt {logical}.{attribute} ({kind}) is not modelled by this test")
 
 
-def relay_function(stack_template: Mapping[str, Any]) -> dict[str, Any]:
+def relay_function(stack_template: Mapping[str, Any], handler: str = HANDLER) -> dict[str, Any]:
+    """The properties of the one function with ``handler`` (the relay's, or JANITOR_HANDLER)."""
     (function,) = (
         r
         for r in stack_template["Resources"].values()
-        if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Handler") == HANDLER
+        if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Handler") == handler
     )
     return dict(function["Properties"])
 
 
-def declared_variables(stack_template: Mapping[str, Any]) -> set[str]:
-    return set(relay_function(stack_template).get("Environment", {}).get("Variables", {}))
+def declared_variables(stack_template: Mapping[str, Any], handler: str = HANDLER) -> set[str]:
+    return set(relay_function(stack_template, handler).get("Environment", {}).get("Variables", {}))
 
 
-def function_environment(stack: Stack) -> dict[str, str]:
+def function_environment(stack: Stack, handler: str = HANDLER) -> dict[str, str]:
     """The function's environment as deployed: variables whose value is AWS::NoValue are absent."""
-    variables = stack.resolve(relay_function(stack.template).get("Environment", {}).get("Variables", {}))
+    properties = relay_function(stack.template, handler)
+    variables = stack.resolve(properties.get("Environment", {}).get("Variables", {}))
     return {name: cfn_str(value) for name, value in variables.items()}
 
 

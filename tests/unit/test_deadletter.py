@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from botocore.exceptions import ReadTimeoutError
+
 from outbox_relay.deadletter_sqs import SqsDeadLetterSink
 from outbox_relay.model import DeadLetter, OutboxRecord
 
@@ -51,3 +53,22 @@ def test_a_ready_client_is_used_as_is() -> None:
     sink = SqsDeadLetterSink(client, "https://sqs.example/dlq")  # type: ignore[arg-type]
     assert sink.send([_letter(7)]) == [None]
     assert '"outbox_id":7' in client.sent[0]["MessageBody"]
+
+
+class StalledSqs:
+    """Every call ends in botocore's read timeout (after the client's own bounded tries)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+        self.calls += 1
+        raise ReadTimeoutError(endpoint_url="https://sqs.example")
+
+
+def test_after_a_call_that_failed_as_a_whole_the_later_batches_are_not_tried() -> None:
+    client = StalledSqs()
+    sink = SqsDeadLetterSink(client, "https://sqs.example/dlq")  # type: ignore[arg-type]
+    results = sink.send([_letter(n) for n in range(25)])  # three batches of up to 10
+    assert client.calls == 1, "each try would wait out the same timeout"
+    assert results == ['Read timeout on endpoint URL: "https://sqs.example"'] * 25

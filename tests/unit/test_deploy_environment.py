@@ -1,6 +1,6 @@
 """The environment: every variable the code reads that a deploy needs is declared on RelayFunction, every
 declared one is read, the rest is an explicit partition documented in README; env.json sets only declared
-ones; each deployment's environment passes load_config (its paths: tests/integration/test_built_paths.py)."""
+ones; each deployment's environment passes load_config (paths: integration/test_lambda_package.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from outbox_relay.config import load_config
 from tests.unit.deploy_model import (
     DEPLOYMENTS,
+    JANITOR_HANDLER,
     REGION,
     ROOT,
     SCENARIOS,
@@ -160,6 +161,16 @@ def test_every_variable_a_deploy_needs_is_declared_and_every_declared_one_is_rea
     no_problems(check_environment(set(code_reads()), declared, powertools_variables()))
 
 
+@pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
+def test_the_janitor_function_has_the_relay_functions_environment(deployment: str) -> None:
+    """Same code, and a configuration validated as a whole: JanitorFunction declares exactly
+    RelayFunction's variables with the same values, so every check of the relay's environment
+    here holds for the janitor's (its role, not its environment, keeps it from SQS and MSK)."""
+    parameters, region = DEPLOYMENTS[deployment]
+    stack = Stack(transformed(parameters), parameters, region=region)
+    assert function_environment(stack, JANITOR_HANDLER) == function_environment(stack)
+
+
 def test_environment_checker_reports_bad_input() -> None:
     read = set(code_reads())
     declared = declared_variables(transformed(SCENARIOS["msk-iam"]))
@@ -229,7 +240,7 @@ def test_env_json_sets_only_variables_the_template_declares() -> None:
 def test_each_deployment_environment_is_a_valid_configuration(deployment: str, tmp_path: Path) -> None:
     """The environment a deploy renders (parameters through intrinsics) passes the relay's own
     validation.  Paths into the artifacts (/opt, /var/task) stand in as local files here; that they
-    exist in the built artifacts is tests/integration/test_built_paths.py's check."""
+    exist in the built artifacts is tests/integration/test_lambda_package.py's check."""
     parameters, region = DEPLOYMENTS[deployment]
     env = function_environment(Stack(transformed(parameters), parameters, region=region))
     for name, value in env.items():

@@ -4,6 +4,7 @@ right resource, and nothing more; the checker has a self-test feeding it bad inp
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import importlib.resources
 import json
@@ -22,6 +23,8 @@ from outbox_relay.config import load_config
 from outbox_relay.publisher_kafka import producer_config
 from tests.unit.deploy_model import (
     DEPLOYMENTS,
+    HANDLER,
+    JANITOR_HANDLER,
     PACKAGE,
     REGION,
     SCRAM_KMS_KEY_ID,
@@ -95,6 +98,8 @@ AWS_MANAGED: dict[str, tuple[frozenset[str], str]] = {
 AWS_ENTRY_POINTS = {
     "boto3.client": "a service client (its operations are traced below)",
     "aws_lambda_powertools.utilities.parameters.get_secret": "secretsmanager:GetSecretValue",
+    # Its get(); the client it is given is aws_clients.secrets_client (checked below).
+    "aws_lambda_powertools.utilities.parameters.SecretsProvider": "secretsmanager:GetSecretValue",
     "aws_msk_iam_sasl_signer.MSKAuthTokenProvider.generate_auth_token": "MSK IAM: kafka-cluster actions",
     "aws_lambda_powertools.Tracer": "xray:PutTraceSegments, xray:PutTelemetryRecords",
 }
@@ -104,7 +109,12 @@ NO_AWS_API = {
     "aws_lambda_powertools.metrics.MetricUnit": "an enum",
     "aws_lambda_powertools.logging.utils.copy_config_to_registered_loggers": "logging setup",
     "botocore.exceptions": "exception classes",
+    "botocore.config.Config": "client settings (timeouts, retries)",
 }
+# The boto3 clients aws_clients builds, by service: the only call (or function) each builder may
+# appear in, where that client's calls are known: the sink's methods are traced below, Powertools'
+# get is GetSecretValue, db.iam_token_signer only signs tokens locally (generate_db_auth_token).
+CLIENT_USERS = {"sqs": "SqsDeadLetterSink", "secretsmanager": "SecretsProvider", "rds": "iam_token_signer"}
 AWS_LIBRARIES = ("boto3", "botocore", "aws_lambda_powertools", "aws_msk_iam_sasl_signer", "aws_xray_sdk")
 # SQS authorizes each batch operation as its single-message action (SQS API reference).
 SQS_BATCH_ACTIONS = {
@@ -206,6 +216,52 @@ def sqs_method_operations() -> dict[str, str]:
     return dict(client.meta.method_to_api_mapping)
 
 
+def client_problems(modules: Mapping[str, ast.Module], clients: Sequence[ast.AST]) -> list[str]:
+    """Every boto3 client (``clients``: the ``boto3.client`` nodes) is built by a function of
+    aws_clients (one place, explicit bounds) for a service of CLIENT_USERS, and that function is
+    handed to that service's user only."""
+    problems: list[str] = []
+    client_ids = {id(node) for node in clients}
+    builders: dict[str, str] = {}  # aws_clients function -> the service of the client it builds
+    built: set[int] = set()
+    for function in ast.walk(modules.get("aws_clients", ast.Module([], []))):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        for call in ast.walk(function):
+            if isinstance(call, ast.Call) and id(call.func) in client_ids:
+                first = call.args[0] if call.args else None
+                builders[function.name] = str(first.value) if isinstance(first, ast.Constant) else "?"
+                built.add(id(call.func))
+    for node in clients:
+        if id(node) not in built:
+            problems.append(f"a boto3 client outside aws_clients' builders: {ast.unparse(node)}")
+    for builder, service in sorted(builders.items()):
+        user = CLIENT_USERS.get(service)
+        if user is None:
+            problems.append(f"aws_clients.{builder} builds a {service} client: map its calls")
+            continue
+        handed = {
+            id(inner)
+            for tree in modules.values()
+            for call in ast.walk(tree)
+            if (isinstance(call, ast.Call) and _name(call.func) == user)
+            or (isinstance(call, ast.FunctionDef) and call.name == user)
+            for inner in ast.walk(call)
+        }
+        for module, tree in modules.items():
+            for n in ast.walk(tree):
+                if isinstance(n, (ast.Name, ast.Attribute)) and _name(n) == builder and id(n) not in handed:
+                    problems.append(f"{module}: {ast.unparse(n)} is used outside {user}(...)")
+    return problems
+
+
+def _name(node: ast.AST) -> str | None:
+    """``f`` for ``f`` and for ``x.f``."""
+    if isinstance(node, ast.Name):
+        return node.id
+    return node.attr if isinstance(node, ast.Attribute) else None
+
+
 def code_calls(modules: Mapping[str, ast.Module]) -> CodeCalls:
     problems: list[str] = []
     used: dict[str, list[ast.AST]] = {}
@@ -214,33 +270,7 @@ def code_calls(modules: Mapping[str, ast.Module]) -> CodeCalls:
             used.setdefault(name, []).append(node)
             if not _known(name, AWS_ENTRY_POINTS) and not _known(name, NO_AWS_API):
                 problems.append(f"{module}: {name} is not in AWS_ENTRY_POINTS nor NO_AWS_API")
-    # boto3 clients: each must be the dead-letter sink's SQS client, whose calls are traced below.
-    sink_clients = {
-        id(inner)
-        for tree in modules.values()
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == "SqsDeadLetterSink"
-        for inner in ast.walk(node)
-    }
-    for node in used.get("boto3.client", []):
-        if id(node) not in sink_clients:
-            problems.append(f"a boto3 client outside SqsDeadLetterSink: {ast.unparse(node)}; trace its calls")
-    services = {
-        str(n.args[0].value)
-        for tree in modules.values()
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Call)
-        and isinstance(n.func, ast.Attribute)
-        and n.func.attr == "client"
-        and isinstance(n.func.value, ast.Name)
-        and n.func.value.id == "boto3"
-        and n.args
-        and isinstance(n.args[0], ast.Constant)
-    }
-    if services - {"sqs"}:
-        problems.append(f"boto3 clients of {sorted(services - {'sqs'})}: map their calls")
+    problems += client_problems(modules, used.get("boto3.client", []))
     # SqsDeadLetterSink's methods the function reaches: `<x>.dead_letters.<method>(...)` in a module
     # the handler imports (Runtime.dead_letters, Relay.dead_letters), then `self.<method>` inside.
     (sink,) = (
@@ -262,16 +292,16 @@ def code_calls(modules: Mapping[str, ast.Module]) -> CodeCalls:
                     found.add(n.func.attr)
         return found
 
+    # Called, or handed on (relay.py runs ``self.dead_letters.send`` in a thread, deadline-bounded).
     reached = {
-        n.func.attr
+        n.attr
         for module, tree in modules.items()
         if module != "deadletter_sqs"
         for n in ast.walk(tree)
-        if isinstance(n, ast.Call)
-        and isinstance(n.func, ast.Attribute)
+        if isinstance(n, ast.Attribute)
         and (
-            (isinstance(n.func.value, ast.Attribute) and n.func.value.attr == "dead_letters")
-            or (isinstance(n.func.value, ast.Name) and n.func.value.id == "dead_letters")
+            (isinstance(n.value, ast.Attribute) and n.value.attr == "dead_letters")
+            or (isinstance(n.value, ast.Name) and n.value.id == "dead_letters")
         )
     }
     todo = sorted(reached)
@@ -292,7 +322,13 @@ def code_calls(modules: Mapping[str, ast.Module]) -> CodeCalls:
     secret_variables = frozenset(n for n in code_reads() if n.endswith("_SECRET_ARN"))
     return CodeCalls(
         sqs_operations=frozenset(operations),
-        reads_secrets="aws_lambda_powertools.utilities.parameters.get_secret" in used,
+        reads_secrets=bool(
+            {
+                "aws_lambda_powertools.utilities.parameters.get_secret",
+                "aws_lambda_powertools.utilities.parameters.SecretsProvider",
+            }
+            & set(used)
+        ),
         signs_msk_iam="aws_msk_iam_sasl_signer.MSKAuthTokenProvider.generate_auth_token" in used,
         traces="aws_lambda_powertools.Tracer" in used,
         secret_variables=secret_variables,
@@ -348,6 +384,10 @@ def needed_permissions(
         for variable in sorted(calls.secret_variables):
             if env.get(variable):
                 needs.append(Need("secretsmanager:GetSecretValue", env[variable], f"get_secret({variable})"))
+    if env.get("OUTBOX_DB_IAM_AUTH") == "true":  # db.iam_token_signer: a token to log in as the user
+        resource_id, user = stack.parameters["DbClusterResourceId"], env["OUTBOX_DB_USER"]
+        db_user = f"arn:aws:rds-db:{stack.region}:{stack.account}:dbuser:{resource_id}/{user}"
+        needs.append(Need("rds-db:connect", db_user, "Aurora IAM database authentication"))
     mechanism = env.get("KAFKA_SASL_MECHANISM", "")
     if mechanism == "SCRAM-SHA-512":
         key = f"arn:aws:kms:{stack.region}:{stack.account}:key/{SCRAM_KMS_KEY_ID}"
@@ -355,7 +395,7 @@ def needed_permissions(
     if mechanism == "OAUTHBEARER" and calls.signs_msk_iam:
         cluster = stack.parameters["MskClusterArn"]
         config = load_config(
-            lambda_environment({**env, "OUTBOX_DB_TLS": "off", "OUTBOX_DB_SSL_CA": ""}, stack.region)
+            lambda_environment({**env, "OUTBOX_DB_TLS": "required", "OUTBOX_DB_SSL_CA": ""}, stack.region)
         )
         producer = producer_config(config.kafka, 1000)
         requests = kafka_producer_requests()
@@ -388,9 +428,9 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def role_policies(stack: Stack) -> tuple[list[dict[str, Any]], list[str]]:
+def role_policies(stack: Stack, handler: str = HANDLER) -> tuple[list[dict[str, Any]], list[str]]:
     """The function role's inline statements (intrinsics resolved) and managed policy ARNs."""
-    role_name = relay_function(stack.template)["Role"]["Fn::GetAtt"][0]
+    role_name = relay_function(stack.template, handler)["Role"]["Fn::GetAtt"][0]
     role = stack.template["Resources"][role_name]["Properties"]
     statements = [
         statement
@@ -474,6 +514,31 @@ def test_the_role_allows_every_call_the_code_makes_and_nothing_more(deployment: 
     env = function_environment(stack)
     needs, problems = needed_permissions(stack, env, lambda_code_calls())
     statements, managed = role_policies(stack)
+    no_problems(problems + check_iam(needs, statements, managed))
+
+
+def janitor_calls(calls: CodeCalls) -> CodeCalls:
+    """What the janitor's entry point reaches of ``calls``: the database (its secret) and X-Ray.
+    Runtime builds the Kafka producer and the SQS client only on first use, which retention never
+    makes; tests/integration/test_alarm_metrics.py runs the janitor with both unreachable."""
+    return dataclasses.replace(
+        calls,
+        sqs_operations=frozenset(),
+        signs_msk_iam=False,
+        secret_variables=frozenset(v for v in calls.secret_variables if v.startswith("OUTBOX_DB_")),
+    )
+
+
+@pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
+def test_the_janitor_role_allows_what_retention_calls_and_nothing_more(deployment: str) -> None:
+    """JanitorFunction: the database secret (and X-Ray), no SQS, no MSK, no KMS."""
+    parameters, region = DEPLOYMENTS[deployment]
+    stack = Stack(transformed(parameters), parameters, region=region)
+    env = function_environment(stack, JANITOR_HANDLER)
+    database_only = {k: v for k, v in env.items() if not k.startswith(("KAFKA_", "DLQ_"))}
+    needs, problems = needed_permissions(stack, database_only, janitor_calls(lambda_code_calls()))
+    assert {n.action for n in needs} >= {"xray:PutTraceSegments"}
+    statements, managed = role_policies(stack, JANITOR_HANDLER)
     no_problems(problems + check_iam(needs, statements, managed))
 
 

@@ -59,16 +59,24 @@ def test_cfn_lint_is_clean() -> None:
     assert result.stdout == ""
 
 
-def test_sam_transform_gives_an_arm64_python_function_on_a_schedule() -> None:
-    (function,) = resources("AWS::Lambda::Function").values()
-    props = function["Properties"]
-    assert props["Runtime"] == "python3.13" and props["Architectures"] == ["arm64"]
-    assert props["Handler"] == "outbox_relay.handler.lambda_handler"
-    assert props["TracingConfig"] == {"Mode": "Active"}
-    assert props["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
-    assert set(props["VpcConfig"]) == {"SubnetIds", "SecurityGroupIds"}
-    env = props["Environment"]["Variables"]
-    assert "OUTBOX_DB_PASSWORD" not in env and env["OUTBOX_DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}
+def test_sam_transform_gives_an_arm64_python_relay_and_janitor_on_their_own_schedules() -> None:
+    functions = resources("AWS::Lambda::Function")
+    assert set(functions) == {"RelayFunction", "JanitorFunction"}
+    relay, janitor = functions["RelayFunction"]["Properties"], functions["JanitorFunction"]["Properties"]
+    for props in (relay, janitor):
+        assert props["Runtime"] == "python3.13" and props["Architectures"] == ["arm64"]
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert set(props["VpcConfig"]) == {"SubnetIds", "SecurityGroupIds"}
+        env = props["Environment"]["Variables"]
+        assert "OUTBOX_DB_PASSWORD" not in env and env["OUTBOX_DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}
+    assert relay["Handler"] == "outbox_relay.handler.lambda_handler"
+    assert janitor["Handler"] == "outbox_relay.handler.janitor_handler"
+    # -1: no reservation (deploys at the new-account concurrency limit); the janitor never has one.
+    assert relay["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["ReservesConcurrency", {"Ref": "ReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert "ReservedConcurrentExecutions" not in janitor
+    assert relay["LoggingConfig"]["LogGroup"] != janitor["LoggingConfig"]["LogGroup"]
     schedules = {
         s["Properties"]["ScheduleExpression"]["Ref"]: s["Properties"]
         for s in resources("AWS::Scheduler::Schedule").values()
@@ -77,12 +85,17 @@ def test_sam_transform_gives_an_arm64_python_function_on_a_schedule() -> None:
     for schedule in schedules.values():
         assert schedule["State"] == {"Ref": "ScheduleState"}
         assert schedule["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    targets = {name: s["Target"]["Arn"]["Fn::GetAtt"][0] for name, s in schedules.items()}
+    assert targets == {"ScheduleExpression": "RelayFunction", "JanitorScheduleExpression": "JanitorFunction"}
+    assert "action" not in json.loads(schedules["ScheduleExpression"]["Target"]["Input"])
     assert json.loads(schedules["JanitorScheduleExpression"]["Target"]["Input"])["action"] == "janitor"
-    (invoke_config,) = resources("AWS::Lambda::EventInvokeConfig").values()
-    assert invoke_config["Properties"]["MaximumRetryAttempts"] == 0
+    invoke_configs = resources("AWS::Lambda::EventInvokeConfig").values()
+    assert len(invoke_configs) == 2
+    assert all(c["Properties"]["MaximumRetryAttempts"] == 0 for c in invoke_configs)
 
 
-def test_alarms_cover_lag_dead_letters_dlq_errors_and_missing_runs() -> None:
+def test_alarms_cover_lag_dead_letters_dlq_errors_missing_runs_drops_janitor_and_dead_rows() -> None:
+    """Which alarms exist; that each one's metric is the one the code emits is test_alarms.py's."""
     alarms = resources("AWS::CloudWatch::Alarm")
     by_metric = {a["Properties"]["MetricName"]: a["Properties"] for a in alarms.values()}
     assert set(by_metric) == {
@@ -91,10 +104,20 @@ def test_alarms_cover_lag_dead_letters_dlq_errors_and_missing_runs() -> None:
         "ApproximateNumberOfMessagesVisible",
         "Errors",
         "RunSucceeded",
+        "AsyncEventsDropped",
+        "JanitorSucceeded",
+        "DeadCount",
     }
-    assert by_metric["RunSucceeded"]["TreatMissingData"] == "breaching"
-    assert by_metric["RunSucceeded"]["ComparisonOperator"] == "LessThanThreshold"
-    for metric in ("OldestPendingAgeSeconds", "DeadLettered", "RunSucceeded"):
+    for metric in ("RunSucceeded", "JanitorSucceeded"):
+        assert by_metric[metric]["TreatMissingData"] == "breaching"
+        assert by_metric[metric]["ComparisonOperator"] == "LessThanThreshold"
+    for metric in (
+        "OldestPendingAgeSeconds",
+        "DeadLettered",
+        "RunSucceeded",
+        "JanitorSucceeded",
+        "DeadCount",
+    ):
         assert by_metric[metric]["Namespace"] == "OutboxRelay"
         assert by_metric[metric]["Dimensions"] == [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}]
     assert resources("AWS::CloudWatch::Dashboard")

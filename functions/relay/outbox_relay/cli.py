@@ -86,15 +86,23 @@ def _runtime() -> Any:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from .db import connector
+    import pymysql
+
+    from .db import SecretReader, connector
 
     settings = load_database_settings(os.environ)
     migrations = discover(Path(args.dir))
-    conn = connector(settings)()
+    read_secret: SecretReader | None = None
+    if settings.password is None and settings.secret_arn is not None:  # needs the relay extra
+        from .runtime import _read_secret as read_secret
     try:
-        apply(conn, OutboxSql(settings.table), migrations, print)
-    finally:
-        conn.close()
+        conn = connector(settings, read_secret)()
+        try:
+            apply(conn, OutboxSql(settings.table), migrations, print)
+        finally:
+            conn.close()
+    except pymysql.err.MySQLError as exc:
+        raise CommandError(f"database error: {' '.join(str(exc).split())}") from exc
     return 0
 
 

@@ -66,6 +66,8 @@ class DatabaseSettings:
     lock_wait_timeout_seconds: int = 5
     tls: str = "off"  # off | required (encrypted) | verify (encrypted, CA and host name checked)
     ssl_ca: str | None = None
+    iam_auth: bool = False  # Aurora IAM authentication: a signed token per connection, no password
+    region: str = ""  # where IAM tokens are signed for
 
 
 @dataclass(frozen=True)
@@ -189,9 +191,16 @@ def _database(r: _Reader) -> DatabaseSettings:
         )
     password = r.text("OUTBOX_DB_PASSWORD")
     secret_arn = r.text("OUTBOX_DB_SECRET_ARN")
-    if password is None and secret_arn is None:
-        r.problems.append("one of OUTBOX_DB_PASSWORD (local) or OUTBOX_DB_SECRET_ARN (deployed) is required")
+    iam_auth = r.flag("OUTBOX_DB_IAM_AUTH", False)
     tls = r.choice("OUTBOX_DB_TLS", "off", DB_TLS_MODES) or "off"
+    region = r.text("AWS_REGION") or r.text("AWS_DEFAULT_REGION") or ""
+    if iam_auth:
+        _check_iam_auth(r, password, secret_arn, tls, region)
+    elif password is None and secret_arn is None:
+        r.problems.append(
+            "one of OUTBOX_DB_PASSWORD (local) or OUTBOX_DB_SECRET_ARN (deployed) is required,"
+            " or OUTBOX_DB_IAM_AUTH=true"
+        )
     ssl_ca = r.text("OUTBOX_DB_SSL_CA")
     if tls == "verify" and ssl_ca is None:
         r.problems.append(
@@ -210,7 +219,23 @@ def _database(r: _Reader) -> DatabaseSettings:
         lock_wait_timeout_seconds=r.number("OUTBOX_DB_LOCK_WAIT_TIMEOUT_SECONDS", 5, int, 1, 120),
         tls=tls,
         ssl_ca=ssl_ca,
+        iam_auth=iam_auth,
+        region=region,
     )
+
+
+def _check_iam_auth(r: _Reader, password: str | None, secret_arn: str | None, tls: str, region: str) -> None:
+    """Aurora IAM authentication: the token is the only credential, sent over TLS only."""
+    for name, value in (("OUTBOX_DB_PASSWORD", password), ("OUTBOX_DB_SECRET_ARN", secret_arn)):
+        if value is not None:
+            r.problems.append(f"{name} and OUTBOX_DB_IAM_AUTH=true are mutually exclusive")
+    if tls == "off":
+        r.problems.append(
+            "OUTBOX_DB_IAM_AUTH=true needs OUTBOX_DB_TLS=required or verify"
+            " (Aurora accepts IAM tokens over TLS only)"
+        )
+    if not region:
+        r.problems.append("AWS_REGION is required with OUTBOX_DB_IAM_AUTH=true (tokens are per region)")
 
 
 def _kafka(r: _Reader, max_message_bytes: int) -> KafkaSettings:

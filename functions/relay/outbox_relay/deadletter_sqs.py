@@ -69,16 +69,20 @@ class SqsDeadLetterSink:
         return self._factory()
 
     def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+        """Blocks for at most one bounded call per batch of 10 (``aws_clients.SQS``); after a
+        call that failed as a whole, the later batches are not tried (they would wait alike)."""
         bodies = [dead_letter_body(letter, self.max_bytes) for letter in letters]
         results: list[str | None] = ["not sent"] * len(letters)
-        for batch in self._batches(bodies):
+        batches = self._batches(bodies)
+        for n, batch in enumerate(batches):
             entries = [{"Id": str(i), "MessageBody": bodies[i]} for i in batch]
             try:
                 response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)  # type: ignore[arg-type]
             except (BotoCoreError, ClientError) as exc:
-                for i in batch:
-                    results[i] = str(exc).splitlines()[0][:300]
-                continue
+                error = " ".join(str(exc).split())[:300]
+                for i in (i for later in batches[n:] for i in later):
+                    results[i] = error
+                break
             for ok in response.get("Successful", []):
                 results[int(ok["Id"])] = None
             for failed in response.get("Failed", []):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from .model import (
     AggregateKey,
@@ -24,8 +24,9 @@ class StoreUnavailable(Exception):
 
 
 class CredentialsUnavailable(ValueError):
-    """A secret holding credentials could not be read (missing, denied, unreachable) or lacks its
-    fields.  Not transient within a run: retrying at once would fail the same way."""
+    """A secret holding credentials could not be read (missing, denied, throttled, unreachable) or
+    lacks its fields.  The run ends with one line rather than retrying at once; the next scheduled
+    run reads the secret again."""
 
 
 class OutboxStore(Protocol):
@@ -109,6 +110,33 @@ class DeadLetterSink(Protocol):
     def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
         """Send each letter; per letter ``None`` once acknowledged, else the error text."""
         ...
+
+
+class MetricName:
+    """Every metric the function emits, in one place: CloudWatch namespace ``OutboxRelay``
+    (``POWERTOOLS_METRICS_NAMESPACE``), dimension ``service`` (``POWERTOOLS_SERVICE_NAME``, the stack
+    name).  template.yaml's alarms name them; tests/unit/test_alarms.py checks that they agree."""
+
+    # A relay run (not a dry run): counts, and its outcome.
+    PUBLISHED: Final = "Published"
+    RETRIED: Final = "Retried"
+    DEAD_LETTERED: Final = "DeadLettered"
+    LEASE_LOST: Final = "LeaseLost"
+    RUN_SUCCEEDED: Final = "RunSucceeded"
+    RUN_FAILED: Final = "RunFailed"
+    RUN_DURATION_MS: Final = "RunDurationMs"
+    # Lag gauges: emitted by relay and dry runs only when the database answered (never a 0 that
+    # stands for "unknown").
+    PENDING_COUNT: Final = "PendingCount"
+    OLDEST_PENDING_AGE_SECONDS: Final = "OldestPendingAgeSeconds"
+    # The janitor (retention) and the DEAD rows it counts after each pass.
+    JANITOR_SUCCEEDED: Final = "JanitorSucceeded"
+    JANITOR_FAILED: Final = "JanitorFailed"
+    JANITOR_DELETED: Final = "JanitorDeleted"
+    DEAD_COUNT: Final = "DeadCount"
+    # Operator actions: dry runs, status, redrive (never counted as relay runs).
+    OPERATOR_ACTIONS: Final = "OperatorActions"
+    OPERATOR_ACTIONS_FAILED: Final = "OperatorActionsFailed"
 
 
 class Metrics(Protocol):

@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 from . import ordering
 from .config import RelaySettings
@@ -23,14 +26,16 @@ from .model import (
     FinalizePlan,
     FinalizeResult,
     OutboxRecord,
+    PendingStats,
     RetryDecision,
     SendResult,
     Summary,
 )
-from .ports import Clock, DeadLetterSink, Metrics, OutboxStore, Publisher, StoreUnavailable
+from .ports import Clock, DeadLetterSink, MetricName, Metrics, OutboxStore, Publisher, StoreUnavailable
 from .retry import RetryPolicy
 
 log = logging.getLogger("outbox_relay")
+T = TypeVar("T")
 
 # Time kept back from the deadline for the last finalize, the release and the lag query.
 FINALIZE_RESERVE_SECONDS = 0.3
@@ -40,6 +45,9 @@ MIN_PASS_SECONDS = 0.1
 MAX_SKIP_PAGES = 50
 # While polling with shards in hand, look for more free shards this often.
 ACQUIRE_EVERY_SECONDS = 1.0
+# After a dead-letter send failed as a whole (no answer by the deadline, or every letter refused),
+# the run sends none for this long: a stalled queue costs a run one bounded wait, not one per pass.
+DEAD_LETTER_PAUSE_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -53,7 +61,8 @@ class _ShardSweep:
 
 @dataclass(slots=True)
 class _Run:
-    """The state of one run: its lease token, the shards it holds, and its time limits."""
+    """The state of one run: its lease token, the shards it holds, its time limits, and why (and
+    until when) it sends no dead letters."""
 
     token: bytes
     deadline: float
@@ -64,6 +73,8 @@ class _Run:
     in_doubt: bool = False
     poll_until: float | None = None
     next_acquire: float = 0.0
+    dead_letters_down: str | None = None
+    dead_letters_retry_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -151,6 +162,7 @@ class Relay:
     def run(self, deadline: float) -> Summary:
         started = self.clock.monotonic()
         summary = Summary(dry_run=self.settings.dry_run)
+        stats: PendingStats | None = None  # None: the lag is unknown (the database did not answer)
         try:
             if self.settings.dry_run:
                 self._dry_run(summary)
@@ -162,7 +174,7 @@ class Relay:
         except StoreUnavailable as exc:
             summary.error = summary.error or f"database error: {exc}"
             summary.stopped_by = "database_unavailable"
-        self._emit(summary, self.clock.monotonic() - started)
+        self._emit(summary, self.clock.monotonic() - started, stats)
         return summary
 
     def _lease_seconds(self, deadline: float) -> float:
@@ -205,7 +217,7 @@ class Relay:
                 batch, selection = self._read(active, run.sweeps, budget, previous)
                 in_flight = self.publisher.send([m for _, m in selection.sendable], run.work_deadline)
                 just_finalized = self._join(finalizer, run, summary)
-                step = self._settle(selection, in_flight.wait(run.work_deadline), run.deadline)
+                step = self._settle(selection, in_flight.wait(run.work_deadline), run)
                 # A shard with rows in flight is read again once they are finalized: only then
                 # can it tell what is left.
                 self._advance(
@@ -311,7 +323,7 @@ class Relay:
         """Rows read per shard in a pass: the batch shared by the shards being read."""
         return max(1, math.ceil(self.settings.batch_size / shards))
 
-    def _settle(self, selection: ordering.Selection, results: list[SendResult], deadline: float) -> _Pass:
+    def _settle(self, selection: ordering.Selection, results: list[SendResult], run: _Run) -> _Pass:
         """Turn Kafka's answers into the batch's finalize plan (dead letters sent first)."""
         step = _Pass()
         sent = [record for record, _ in selection.sendable]
@@ -329,8 +341,8 @@ class Relay:
             else:
                 delay = self.policy.next_delay(attempts, self.rng)
                 step.plan.retries.append(RetryDecision(record.id, delay, error, charge_attempt=True))
-        if letters and self.clock.monotonic() < deadline:
-            self._dead_letter(letters, step)
+        if letters and self.clock.monotonic() < run.work_deadline:
+            self._dead_letter(letters, step, run)
 
         published = set(step.plan.published)
         for record in sent + [r for r, _ in selection.invalid]:
@@ -339,9 +351,10 @@ class Relay:
                 step.unsettled.add(record.key)
         return step
 
-    def _dead_letter(self, letters: list[DeadLetter], step: _Pass) -> None:
-        """Send to the DLQ first; only what it acknowledged becomes DEAD.  The rest backs off."""
-        acks = self.dead_letters.send(letters)
+    def _dead_letter(self, letters: list[DeadLetter], step: _Pass, run: _Run) -> None:
+        """Send to the DLQ first; only what it acknowledged becomes DEAD.  The rest backs off
+        without an attempt charged: a dead-letter outage is not the row's fault."""
+        acks = self._send_dead_letters(letters, run)
         for letter, error in zip(letters, acks, strict=True):
             if error is None:
                 step.plan.dead.append((letter.record.id, letter.reason[:1024]))
@@ -354,12 +367,34 @@ class Relay:
                     },
                 )
             else:
-                delay = self.policy.next_delay(letter.record.attempts, self.rng)
+                # At least the base delay: a queue that just failed is not tried again at once.
+                jittered = self.policy.next_delay(letter.record.attempts, self.rng)
+                delay = max(self.settings.backoff_base_seconds, jittered)
                 step.plan.retries.append(
                     RetryDecision(
                         letter.record.id, delay, f"dead-letter queue: {error}", charge_attempt=False
                     )
                 )
+
+    def _send_dead_letters(self, letters: list[DeadLetter], run: _Run) -> list[str | None]:
+        """The sink's answer per letter, waited for until the run's work deadline at most (the
+        finalize reserve stays free).  A send that fails as a whole pauses dead letters for
+        ``DEAD_LETTER_PAUSE_SECONDS``; meanwhile every letter gets that failure as its answer."""
+        now = self.clock.monotonic()
+        if run.dead_letters_down is not None and now < run.dead_letters_retry_at:
+            return [run.dead_letters_down] * len(letters)
+        seconds = run.work_deadline - now
+        try:
+            acks = _within(seconds, partial(self.dead_letters.send, letters))
+        except TimeoutError:
+            acks = [f"no answer within {seconds:.1f} s (the run's deadline)"] * len(letters)
+        if all(error is not None for error in acks):
+            run.dead_letters_down = acks[0]
+            run.dead_letters_retry_at = self.clock.monotonic() + DEAD_LETTER_PAUSE_SECONDS
+            log.warning("dead-letter queue unavailable", extra={"error": acks[0], "letters": len(letters)})
+        else:
+            run.dead_letters_down = None
+        return acks
 
     def _topic(self, record: OutboxRecord) -> str | None:
         try:
@@ -416,13 +451,36 @@ class Relay:
 
     # --- metrics ------------------------------------------------------------------------
 
-    def _emit(self, summary: Summary, seconds: float) -> None:
+    def _emit(self, summary: Summary, seconds: float, stats: PendingStats | None) -> None:
+        """The run's metrics.  The lag gauges only when measured: a 0 standing for "unknown" would
+        clear the lag alarm during a database outage (no data is what the alarm treats as breaching).
+        A dry run is no relay run: it reports the lag it measured and nothing else (the handler
+        counts it as an operator action), so it cannot stand in for a successful run."""
         m = self.metrics
-        m.count("Published", summary.published)
-        m.count("Retried", summary.retried)
-        m.count("DeadLettered", summary.dead_lettered)
-        m.count("LeaseLost", summary.lease_lost)
-        m.count("RunFailed" if summary.error else "RunSucceeded", 1)
-        m.gauge("PendingCount", summary.pending, "Count")
-        m.gauge("OldestPendingAgeSeconds", summary.oldest_pending_age_seconds, "Seconds")
-        m.gauge("RunDurationMs", seconds * 1000.0, "Milliseconds")
+        if stats is not None:
+            m.gauge(MetricName.PENDING_COUNT, stats.pending, "Count")
+            m.gauge(MetricName.OLDEST_PENDING_AGE_SECONDS, stats.oldest_pending_age_seconds, "Seconds")
+        if summary.dry_run:
+            return
+        m.count(MetricName.PUBLISHED, summary.published)
+        m.count(MetricName.RETRIED, summary.retried)
+        m.count(MetricName.DEAD_LETTERED, summary.dead_lettered)
+        m.count(MetricName.LEASE_LOST, summary.lease_lost)
+        m.count(MetricName.RUN_FAILED if summary.error else MetricName.RUN_SUCCEEDED, 1)
+        m.gauge(MetricName.RUN_DURATION_MS, seconds * 1000.0, "Milliseconds")
+
+
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``'s result, or :class:`TimeoutError` after ``seconds``.  The call runs in a daemon
+    thread: a blocked socket cannot be interrupted, so on a timeout it finishes there on its own
+    (its own bounds end it) and its answer is dropped; the rows it concerned stay PENDING."""
+    done: Future[T] = Future()
+
+    def work() -> None:
+        try:
+            done.set_result(call())
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            done.set_exception(exc)
+
+    threading.Thread(target=work, name="outbox-dead-letters", daemon=True).start()
+    return done.result(timeout=max(0.0, seconds))

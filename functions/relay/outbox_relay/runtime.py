@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import boto3
-from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
+from . import aws_clients
 from .admin_mysql import OutboxAdmin
 from .config import Config, RelaySettings
 from .db import connector
@@ -20,14 +20,29 @@ from .sql import OutboxSql
 from .store_mysql import MySQLOutboxStore
 
 
-def _read_secret(arn: str) -> str:
-    # Powertools caches the value for 5 minutes across warm invocations.
+def _read_secret(arn: str, fresh: bool = False) -> str:
+    # Powertools caches the value for 5 minutes across warm invocations.  ``fresh`` bypasses the
+    # cache and refreshes it: the database refused the cached credentials (a rotation).
+    # Every failure (missing, denied, throttled, unreachable) ends this run with one line; the
+    # next scheduled run reads it again.
     try:
-        value: Any = parameters.get_secret(arn, max_age=300)
-    except Exception as exc:  # GetParameterError, botocore errors: a run result, not a crash
+        value: Any = _secrets_provider().get(arn, max_age=300, force_fetch=fresh)
+        return value if isinstance(value, str) else bytes(value).decode()
+    except Exception as exc:  # GetParameterError, botocore errors, a SecretBinary that is not UTF-8
         detail = " ".join(str(exc).split())
         raise CredentialsUnavailable(f"cannot read secret {arn}: {detail}") from exc
-    return value if isinstance(value, str) else bytes(value).decode()
+
+
+# Powertools' provider on the bounded Secrets Manager client: built on the first secret read (a
+# run with OUTBOX_DB_PASSWORD never pays for it), kept while warm (it caches the values).
+_secrets: SecretsProvider | None = None
+
+
+def _secrets_provider() -> SecretsProvider:
+    global _secrets  # noqa: PLW0603 - one provider per Lambda execution environment, like the runtime
+    if _secrets is None:
+        _secrets = aws_clients.secrets_provider()
+    return _secrets
 
 
 class Runtime:
@@ -48,8 +63,8 @@ class Runtime:
         self.publisher = KafkaPublisher(
             config.kafka, extra_config=lambda: auth_config(config.kafka, _read_secret)
         )
-        # AWS_ENDPOINT_URL (boto3's own setting) points this at moto locally.
-        self.dead_letters = SqsDeadLetterSink(lambda: boto3.client("sqs"), config.dlq_queue_url)
+        # The client (bounded: aws_clients.SQS) is built on the first dead letter.
+        self.dead_letters = SqsDeadLetterSink(aws_clients.sqs_client, config.dlq_queue_url)
 
     def relay(self, settings: RelaySettings, metrics: Metrics, owner: str) -> Relay:
         self.store.check()
@@ -81,9 +96,10 @@ _current: Runtime | None = None
 
 def runtime_for(config: Config) -> Runtime:
     """The cached runtime, rebuilt when the configuration changed."""
-    global _current  # noqa: PLW0603 - one runtime per Lambda execution environment
+    global _current, _secrets  # noqa: PLW0603 - one runtime per Lambda execution environment
     if _current is None or _current.config != config:
         if _current is not None:
             _current.close()
+        _secrets = None  # a new configuration reads its secrets afresh, on a client built now
         _current = Runtime(config)
     return _current

@@ -2,8 +2,9 @@
 
 Autocommit for reads and single compare-and-set statements; one explicit short transaction for
 the fenced finalize.  Never holds a transaction open across a Kafka call.  Deadlocks, lock-wait
-timeouts and lost connections are retried (every write is idempotent); anything else, or too many
-failures, becomes :class:`StoreUnavailable`.
+timeouts and lost connections are retried (every write is idempotent); a server that no longer
+takes writes (a failover's demoted writer) gets one more try on a new connection; anything else,
+or too many failures, becomes :class:`StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from enum import Enum
 from typing import Any, TypeAlias, TypeVar
 
 import pymysql
@@ -28,6 +30,12 @@ T = TypeVar("T")
 DEADLOCK, LOCK_WAIT_TIMEOUT = 1213, 1205
 # Server gone / lost during query / can't connect / lost (various) / server shutdown.
 CONNECTION_LOST = frozenset({2003, 2006, 2013, 2014, 2055, 1053, 1927, 4031})
+# The server cannot take writes: after an Aurora failover the old writer restarts as a reader
+# while DNS still points some clients at it.  1290 ER_OPTION_PREVENTS_STATEMENT ("--read-only":
+# MySQL/MariaDB read_only, and what Aurora readers answer), 1836 ER_READ_ONLY_MODE and 1874
+# ER_INNODB_READ_ONLY (innodb_read_only, an Aurora reader's setting), 1036 ER_OPEN_AS_READONLY
+# (InnoDB refusing a row write under innodb_read_only), 1792 ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION.
+READ_ONLY = frozenset({1290, 1836, 1874, 1036, 1792})
 RETRIES = 4
 
 Connect: TypeAlias = "Callable[[], pymysql.connections.Connection[Any]]"
@@ -35,6 +43,39 @@ Connect: TypeAlias = "Callable[[], pymysql.connections.Connection[Any]]"
 
 def micros(seconds: float) -> int:
     return max(0, round(seconds * 1_000_000))
+
+
+def error_code(exc: BaseException) -> int:
+    """The server's (or PyMySQL's) error number of ``exc``; 0 when it has none."""
+    args = exc.args if isinstance(exc, pymysql.err.MySQLError) else ()
+    return args[0] if args and isinstance(args[0], int) else 0
+
+
+class Recovery(Enum):
+    """What :meth:`MySQLOutboxStore.run` does after a failed attempt."""
+
+    ROLLBACK_AND_RETRY = "rollback_and_retry"  # deadlock, lock wait timeout: the connection is fine
+    RECONNECT = "reconnect"  # the connection is gone
+    RECONNECT_ONCE = "reconnect_once"  # a read-only server: a new connection may reach the new writer
+    FAIL = "fail"  # a missing table, a privilege, bad data, access denied: not transient
+
+
+def recovery(exc: BaseException) -> Recovery:
+    """How to recover from ``exc``, raised by a statement or by opening the connection."""
+    if isinstance(exc, pymysql.err.InterfaceError | OSError):
+        return Recovery.RECONNECT
+    if not isinstance(exc, pymysql.err.MySQLError):
+        return Recovery.FAIL
+    code = error_code(exc)
+    if code in READ_ONLY:
+        return Recovery.RECONNECT_ONCE
+    if not isinstance(exc, pymysql.err.OperationalError | pymysql.err.InternalError):
+        return Recovery.FAIL
+    if code in (DEADLOCK, LOCK_WAIT_TIMEOUT):
+        return Recovery.ROLLBACK_AND_RETRY
+    if code in CONNECTION_LOST or code == 0:
+        return Recovery.RECONNECT
+    return Recovery.FAIL
 
 
 class MySQLOutboxStore:
@@ -84,29 +125,35 @@ class MySQLOutboxStore:
 
     def run(self, work: Callable[[pymysql.connections.Connection[Any]], T], what: str) -> T:
         """Run ``work`` on the connection; retry deadlocks, lock waits and lost connections
-        (``work`` must be idempotent); anything else raises :class:`StoreUnavailable`."""
+        (``work`` must be idempotent); anything else raises :class:`StoreUnavailable`.
+
+        A server that cannot take writes (a writer demoted by a failover) is left at once: the
+        connection is closed and ``work`` gets one more try on a new connection, which resolves
+        the endpoint again.  That works when DNS already names the new writer (a warm connection
+        from before the failover).  If the new one is read-only too, DNS has not moved yet (up to
+        ~30 s on Aurora) and retrying now fails alike: this raises, and a later operation or
+        invocation connects anew."""
         last: Exception | None = None
+        read_only_seen = False
         for attempt in range(RETRIES):
             try:
                 return work(self._connection())
-            except (pymysql.err.OperationalError, pymysql.err.InternalError) as exc:
-                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-                last = exc
-                if code in (DEADLOCK, LOCK_WAIT_TIMEOUT):
-                    self.rollback()
-                elif code in CONNECTION_LOST or code == 0:
-                    self.close()
-                else:
-                    self.rollback()
-                    raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
-            except (pymysql.err.InterfaceError, ConnectionError, OSError) as exc:
-                last = exc
-                self.close()
-            except pymysql.err.MySQLError as exc:  # a missing table, a privilege, bad data: not transient
-                self.rollback()
-                raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
             except CredentialsUnavailable as exc:  # the password's secret: retrying now fails alike
                 raise StoreUnavailable(f"{what}: {exc}") from exc
+            except (pymysql.err.MySQLError, OSError) as exc:
+                last = exc
+                step = recovery(exc)
+                if step is Recovery.ROLLBACK_AND_RETRY:
+                    self.rollback()
+                elif step is Recovery.FAIL:
+                    self.rollback()
+                    raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
+                else:
+                    self.close()
+                    if step is Recovery.RECONNECT_ONCE:
+                        if read_only_seen:
+                            raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
+                        read_only_seen = True
             log.warning(
                 "database retry", extra={"operation": what, "attempt": attempt + 1, "error": _describe(last)}
             )
