@@ -72,7 +72,7 @@ def test_the_scheduler_event_publishes_what_is_pending(
     logs = [json.loads(line) for line in run.stderr.splitlines() if line.startswith('{"level"')]
     assert logs and all(entry["function_request_id"] == request_id for entry in logs)
     assert {entry["function_name"] for entry in logs} == {"RelayFunction"}
-    assert "Memory Size: 256 MB" in run.stderr
+    assert "Memory Size: 1024 MB" in run.stderr
     # /var/task is read-only in Lambda: the run wrote nothing into the artifact `sam deploy` ships.
     assert not list(local_function.template.parent.rglob("__pycache__"))
 

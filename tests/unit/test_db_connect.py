@@ -229,15 +229,20 @@ BASE_ENV = {
 }
 
 
+# IAM needs TLS verify; the configuration only checks that the CA bundle is a file.
+IAM_TLS = {"OUTBOX_DB_IAM_AUTH": "true", "OUTBOX_DB_TLS": "verify", "OUTBOX_DB_SSL_CA": __file__}
+
+
 def test_iam_auth_configuration() -> None:
-    db = load_config({**BASE_ENV, "OUTBOX_DB_IAM_AUTH": "true", "OUTBOX_DB_TLS": "required"}).database
+    db = load_config({**BASE_ENV, **IAM_TLS}).database
     assert db.iam_auth and db.region == "eu-west-1" and db.password is None and db.secret_arn is None
 
 
 @pytest.mark.parametrize(
     ("env", "problem"),
     [
-        ({"OUTBOX_DB_TLS": "off"}, "OUTBOX_DB_IAM_AUTH=true needs OUTBOX_DB_TLS=required or verify"),
+        ({"OUTBOX_DB_TLS": "off"}, "OUTBOX_DB_IAM_AUTH=true needs OUTBOX_DB_TLS=verify"),
+        ({"OUTBOX_DB_TLS": "required"}, "OUTBOX_DB_IAM_AUTH=true needs OUTBOX_DB_TLS=verify"),
         (
             {"OUTBOX_DB_PASSWORD": "pw"},
             "OUTBOX_DB_PASSWORD and OUTBOX_DB_IAM_AUTH=true are mutually exclusive",
@@ -251,7 +256,7 @@ def test_iam_auth_configuration() -> None:
 )
 def test_iam_auth_configuration_problems(env: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem.replace("(", r"\(")):
-        load_config({**BASE_ENV, "OUTBOX_DB_IAM_AUTH": "true", "OUTBOX_DB_TLS": "required", **env})
+        load_config({**BASE_ENV, **IAM_TLS, **env})
 
 
 def test_without_a_password_secret_or_iam_the_configuration_says_all_three() -> None:

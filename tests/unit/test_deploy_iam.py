@@ -395,7 +395,8 @@ def needed_permissions(
     if mechanism == "OAUTHBEARER" and calls.signs_msk_iam:
         cluster = stack.parameters["MskClusterArn"]
         config = load_config(
-            lambda_environment({**env, "OUTBOX_DB_TLS": "required", "OUTBOX_DB_SSL_CA": ""}, stack.region)
+            # The layer's CA path does not exist here; the configuration only checks it is a file.
+            lambda_environment({**env, "OUTBOX_DB_SSL_CA": __file__}, stack.region)
         )
         producer = producer_config(config.kafka, 1000)
         requests = kafka_producer_requests()

@@ -229,10 +229,11 @@ def _check_iam_auth(r: _Reader, password: str | None, secret_arn: str | None, tl
     for name, value in (("OUTBOX_DB_PASSWORD", password), ("OUTBOX_DB_SECRET_ARN", secret_arn)):
         if value is not None:
             r.problems.append(f"{name} and OUTBOX_DB_IAM_AUTH=true are mutually exclusive")
-    if tls == "off":
+    if tls != "verify":
+        # The token is a 15-minute login sent in clear text inside TLS: only to a verified server.
         r.problems.append(
-            "OUTBOX_DB_IAM_AUTH=true needs OUTBOX_DB_TLS=required or verify"
-            " (Aurora accepts IAM tokens over TLS only)"
+            "OUTBOX_DB_IAM_AUTH=true needs OUTBOX_DB_TLS=verify (the token is a login: send it to a"
+            " verified server only)"
         )
     if not region:
         r.problems.append("AWS_REGION is required with OUTBOX_DB_IAM_AUTH=true (tokens are per region)")

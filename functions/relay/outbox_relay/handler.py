@@ -42,7 +42,10 @@ from .runtime import Runtime, runtime_for
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "outbox-relay")
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OutboxRelay"), service=SERVICE)
-tracer = Tracer(service=SERVICE)  # X-Ray; disabled by Powertools itself outside Lambda
+# X-Ray (disabled by Powertools itself outside Lambda) for the AWS SDK calls only: patching every
+# supported module would make each SQL statement of the relay's loop (PyMySQL) a subsegment.
+TRACED_MODULES = ("botocore",)
+tracer = Tracer(service=SERVICE, patch_modules=TRACED_MODULES)
 emf = EmfMetrics(metrics)
 # The core logs through the stdlib logger "outbox_relay"; give it the same JSON format.
 copy_config_to_registered_loggers(source_logger=logger, include={"outbox_relay"})
