@@ -253,6 +253,17 @@ def test_an_event_that_is_not_json_is_the_runtimes_unmarshal_error(
     assert error["errorType"] == "Runtime.UnmarshalError", error
 
 
+def built_with_handler_body(built_repo: Path, tmp_path: Path, body: str) -> Path:
+    """A copy of the sam build whose relay handler runs ``body`` instead of the relay."""
+    build = shutil.copytree(built_repo / ".aws-sam" / "build", tmp_path / "build")
+    handler = build / "RelayFunction" / "outbox_relay" / "handler.py"
+    relay = "    return handle(event, context, os.environ)\n"
+    source = handler.read_text()
+    assert source.count(relay) == 1, "the handler's body moved: update this helper"
+    handler.write_text(source.replace(relay, f"    {body}\n    return {{}}\n"))
+    return build
+
+
 def test_an_unhandled_exception_is_the_runtimes_error_shape_and_exit_1(
     local_function: lambda_build.LocalFunction,
     built_repo: Path,
@@ -261,15 +272,8 @@ def test_an_unhandled_exception_is_the_runtimes_error_shape_and_exit_1(
 ) -> None:
     # The built artifact with its handler made to raise (the relay itself answers every failure
     # it knows as {"ok": false}): how such a crash comes back through the runtime.
-    build = shutil.copytree(built_repo / ".aws-sam" / "build", tmp_path / "build")
-    handler = build / "RelayFunction" / "outbox_relay" / "handler.py"
-    source = handler.read_text()
-    assert "    return handle(event, context, os.environ)\n" in source
-    handler.write_text(
-        source.replace(
-            "    return handle(event, context, os.environ)\n",
-            '    raise RuntimeError("injected: the handler crashed")\n',
-        )
+    build = built_with_handler_body(
+        built_repo, tmp_path, 'raise RuntimeError("injected: the handler crashed")'
     )
 
     run = local_function.invoke(
@@ -334,15 +338,7 @@ def test_a_function_that_outlives_its_timeout_is_killed_and_reported(
     tmp_path: Path,
 ) -> None:
     # The built artifact with its handler made to hang: what the emulator does at the timeout.
-    build = shutil.copytree(built_repo / ".aws-sam" / "build", tmp_path / "build")
-    handler = build / "RelayFunction" / "outbox_relay" / "handler.py"
-    source = handler.read_text()
-    handler.write_text(
-        source.replace(
-            "    return handle(event, context, os.environ)\n",
-            "    import time\n    time.sleep(60)\n    return {}\n",
-        )
-    )
+    build = built_with_handler_body(built_repo, tmp_path, "import time; time.sleep(60)")
 
     run = local_function.invoke(
         {"source": "aws.scheduler"},
