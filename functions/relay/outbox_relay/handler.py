@@ -89,7 +89,7 @@ def handle(event: Any, context: Context, env: Mapping[str, str], only: str | Non
     try:
         config = load_config(env)
     except ConfigError as exc:
-        return _failed(str(exc), _failure_metric(invocation))
+        return _failed(str(exc), _failure_metric(invocation, only))
     remaining = context.get_remaining_time_in_millis() / 1000.0
     deadline = time.monotonic() + remaining - config.relay.stop_margin_seconds
     runtime = runtime_for(config)
@@ -107,7 +107,7 @@ def handle(event: Any, context: Context, env: Mapping[str, str], only: str | Non
                 emf.count(MetricName.OPERATOR_ACTIONS_FAILED, 1)
         return summary
     if invocation.action == "janitor":
-        return _janitor(runtime, config, deadline)
+        return _janitor(runtime, config, deadline, scheduled=only == "janitor")
     emf.count(MetricName.OPERATOR_ACTIONS, 1)
     try:
         admin = runtime.admin()
@@ -121,26 +121,32 @@ def handle(event: Any, context: Context, env: Mapping[str, str], only: str | Non
     return result
 
 
-def _janitor(runtime: Runtime, config: Config, deadline: float) -> dict[str, Any]:
-    """Retention, then the DEAD rows left: ``JanitorSucceeded`` and the ``DeadCount`` gauge, or
-    ``JanitorFailed``.  A pass stopped by the deadline succeeded: the next tick goes on."""
+def _janitor(runtime: Runtime, config: Config, deadline: float, scheduled: bool) -> dict[str, Any]:
+    """Retention, then the DEAD rows left: the ``DeadCount`` gauge and, on the janitor function,
+    ``JanitorSucceeded`` or ``JanitorFailed`` (a pass stopped by the deadline succeeded: the next
+    tick goes on).  Run by hand on the relay function it is an operator action: it must not make a
+    broken janitor function look alive."""
+    if not scheduled:
+        emf.count(MetricName.OPERATOR_ACTIONS, 1)
     try:
         admin = runtime.admin()
         report = admin.janitor(config.retention, deadline, progress=logger.info)
         dead = admin.dead_count()
     except (AdminError, StoreUnavailable) as exc:
-        return _failed(f"janitor: {exc}", MetricName.JANITOR_FAILED)
+        failed = MetricName.JANITOR_FAILED if scheduled else MetricName.OPERATOR_ACTIONS_FAILED
+        return _failed(f"janitor: {exc}", failed)
     emf.count(MetricName.JANITOR_DELETED, report.deleted_published + report.deleted_dead)
     emf.gauge(MetricName.DEAD_COUNT, dead, "Count")
-    emf.count(MetricName.JANITOR_SUCCEEDED, 1)
+    if scheduled:
+        emf.count(MetricName.JANITOR_SUCCEEDED, 1)
     result = {**report.as_dict(), "dead": dead}
     logger.info("janitor finished", extra={"result": result})
     return result
 
 
-def _failure_metric(invocation: Invocation) -> str:
+def _failure_metric(invocation: Invocation, only: str | None) -> str:
     """What a failure of ``invocation`` counts as: a relay run, the janitor or an operator action."""
-    if invocation.action == "janitor":
+    if invocation.action == "janitor" and only == "janitor":
         return MetricName.JANITOR_FAILED
     if invocation.action == "relay" and not invocation.overrides.get("dry_run"):
         return MetricName.RUN_FAILED
