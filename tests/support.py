@@ -217,18 +217,23 @@ class Delivered:
         )
 
 
-# --- a TCP proxy that delays the broker's answers (a slow broker) ---------------------------
+# --- a TCP proxy in front of a dependency that is slow, or hangs -----------------------------
 
 
 class DelayProxy:
-    """Forwards 127.0.0.1:``port`` to the broker's SLOW listener, delaying every chunk the broker
-    sends back by ``delay`` seconds (changeable while running)."""
+    """Forwards 127.0.0.1:``port`` (0: a free port; ``url`` names it) to ``upstream`` (default: the
+    broker's SLOW listener), delaying every chunk upstream sends back by ``delay`` seconds; with
+    ``stall``, new connections are accepted and read but never answered.  Both change while
+    running; ``accepted`` counts connections."""
 
     def __init__(self, port: int = SLOW_KAFKA_PROXY_PORT, upstream: tuple[str, int] = SLOW_KAFKA_UPSTREAM):
         self.delay = 0.0
+        self.stall = False
+        self.accepted = 0
         self.upstream = upstream
         self._server = socket.create_server(("127.0.0.1", port), reuse_port=False)
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self._closed = False
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -239,10 +244,21 @@ class DelayProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            self.accepted += 1
+            self._sockets.append(client)
+            if self.stall:
+                threading.Thread(target=self._swallow, args=(client,), daemon=True).start()
+                continue
             upstream = socket.create_connection(self.upstream)
-            self._sockets += [client, upstream]
+            self._sockets.append(upstream)
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    @staticmethod
+    def _swallow(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                pass
 
     def _pump(self, src: socket.socket, dst: socket.socket, delayed: bool) -> None:
         try:

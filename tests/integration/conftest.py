@@ -3,6 +3,7 @@ by the real `sam build`, and its function run under the Lambda Runtime Interface
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,11 @@ def local_function(built_repo: Path, tmp_path_factory: pytest.TempPathFactory) -
         runtime_dir=lambda_build.runtime_client(host / "runtime"),
         rie=lambda_build.emulator_binary(),
     )
+
+
+@pytest.fixture
+def slow_broker() -> Iterator[support.DelayProxy]:
+    """The broker behind a proxy whose ``delay`` slows every answer (0 until a test sets it)."""
+    proxy = support.DelayProxy()
+    yield proxy
+    proxy.close()

@@ -8,11 +8,9 @@ connection and never answers, as an endpoint without a route back does."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import random
-import socket
 import threading
 import time
 import uuid
@@ -37,63 +35,11 @@ from tests.integration.test_relay_rules import ScriptedPublisher
 MOTO_ADDRESS = ("127.0.0.1", 5000)
 
 
-class StallProxy:
-    """127.0.0.1:<port> in front of moto.  ``stall``: accept and read, never answer; else forward."""
-
-    def __init__(self, upstream: tuple[str, int] = MOTO_ADDRESS) -> None:
-        self.stall = True
-        self.accepted = 0
-        self.upstream = upstream
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self._sockets.append(client)
-            if self.stall:
-                threading.Thread(target=self._swallow, args=(client,), daemon=True).start()
-                continue
-            upstream = socket.create_connection(self.upstream)
-            self._sockets.append(upstream)
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _swallow(conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while conn.recv(65536):
-                pass
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while chunk := src.recv(65536):
-                dst.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.close()
-
-    def close(self) -> None:
-        self._server.close()
-        for s in self._sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-
-
 @pytest.fixture
-def proxy() -> Iterator[StallProxy]:
-    p = StallProxy()
+def proxy() -> Iterator[support.DelayProxy]:
+    """moto behind a proxy that hangs (accepts, reads, never answers) until ``stall`` is unset."""
+    p = support.DelayProxy(port=0, upstream=MOTO_ADDRESS)
+    p.stall = True
     yield p
     p.close()
 
@@ -121,7 +67,7 @@ def test_a_stalled_dead_letter_queue_backs_off_only_the_poison_rows_uncharged(
     topics: support.Topics,
     dlq: support.Queue,
     invoke: Any,
-    proxy: StallProxy,
+    proxy: support.DelayProxy,
 ) -> None:
     make_topics(topics, "order")
     good = support.backlog(48, 8)
@@ -177,7 +123,7 @@ def test_a_stalled_dead_letter_queue_backs_off_only_the_poison_rows_uncharged(
 
 
 def test_a_dead_letter_send_is_cut_at_the_run_deadline(
-    database: support.Database, topics: support.Topics, invoke: Any, proxy: StallProxy
+    database: support.Database, topics: support.Topics, invoke: Any, proxy: support.DelayProxy
 ) -> None:
     # The SQS client's own bounds (two tries of 3 s) outlast this invocation: the deadline cuts.
     assert aws_clients.SQS.attempts * aws_clients.SQS.read_timeout > 4
@@ -194,7 +140,7 @@ def test_a_dead_letter_send_is_cut_at_the_run_deadline(
 
 
 def test_a_stalled_secrets_manager_is_one_line_within_the_deadline(
-    database: support.Database, invoke: Any, proxy: StallProxy
+    database: support.Database, invoke: Any, proxy: support.DelayProxy
 ) -> None:
     database.insert(support.backlog(6, 2))
     sm = boto3.client("secretsmanager", endpoint_url=support.MOTO)

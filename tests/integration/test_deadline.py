@@ -4,20 +4,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests import support
 from tests.conftest import make_topics
-
-
-@pytest.fixture
-def slow_broker() -> Iterator[support.DelayProxy]:
-    proxy = support.DelayProxy()
-    yield proxy
-    proxy.close()
 
 
 def test_two_second_deadline_with_a_slow_broker_returns_in_time_and_leaves_nothing_stuck(

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,13 +156,6 @@ def test_tls_verify_reads_the_ca_bundle_from_the_layer_path_the_template_names(
     status = summary_of(local_function.invoke({"action": "status"}, {"RelayFunction": block}, tmp_path))
 
     assert status["ok"] and status["pending"] == 5, status
-
-
-@pytest.fixture
-def slow_broker() -> Iterator[support.DelayProxy]:
-    proxy = support.DelayProxy()
-    yield proxy
-    proxy.close()
 
 
 def test_a_timeout_shorter_than_the_work_returns_before_the_emulator_kills_it_and_leaves_nothing_stuck(
