@@ -40,6 +40,10 @@ bench: venv stack-up                ## relay vs naive vs raw limits; docs/perfor
 	$(PY)/pip install --quiet -e '.[bench]'
 	$(PY)/python bench/relay_bench.py
 
+.PHONY: bench-tracing
+bench-tracing: venv stack-up        ## relay CPU per event with X-Ray tracing as deployed vs off (~30 s)
+	$(PY)/python bench/tracing_bench.py
+
 faults: venv stack-up               ## the long randomized fault run (100 runs, about 75 minutes)
 	$(PY)/python -m tests.faults.runner --runs $${RUNS:-100} --seed $${SEED:-1}
 

@@ -54,6 +54,7 @@ ALARM_IDS = (
     "AsyncEventsDroppedAlarm",
     "JanitorNotSucceedingAlarm",
     "DeadRowsAlarm",
+    "TopicUnavailableAlarm",
 )
 # The schedules are told apart by the action in their input: the relay's names none.
 SCHEDULE_ROLES = {"relay": "the relay does not run", "janitor": "old rows are not deleted"}

@@ -4,8 +4,9 @@
     .venv/bin/python -m tests.faults.runner --runs 1 --seed 42 -v    # replay one run
 
 One run: writers insert events under the writer contract (lock the aggregate, then insert with
-``seq`` = its new version), a few of them poison (oversized, not JSON, for a missing topic, or
-too large for their topic's broker limit); relay invocations run as separate processes, two at a
+``seq`` = its new version), a few of them poison (oversized, not JSON, or too large for their
+topic's broker limit) or for a topic that does not exist yet (held back, never charged, until the
+drain creates it); relay invocations run as separate processes, two at a
 time, with short timeouts; and a fault injector, seeded, picks faults at random moments:
 
     kill_relay           SIGKILL an invocation mid-batch
@@ -362,6 +363,9 @@ class Run:
                 if child.pid not in self.stalled:
                     self.errors.append(f"invocation {owner} ran past its timeout")
         support.stack("up", "kafka")  # idempotent: it is up unless the last fault just killed it
+        # Events for a missing topic are held back (a per-topic outage, never charged): the
+        # operator creates the topic and they go out, in order, with the rest.
+        ensure_topics([support.KAFKA], [f"{self.prefix}.missing"], partitions=1)
         rounds = self.drain()
         verdict = self.verify()
         self.cleanup()
@@ -404,7 +408,9 @@ class Run:
                 for r in cur.fetchall()
             ]
         records = read_topics(
-            [support.KAFKA], [f"{self.prefix}.acct", f"{self.prefix}.blob"], timeout_seconds=60
+            [support.KAFKA],
+            [f"{self.prefix}.acct", f"{self.prefix}.blob", f"{self.prefix}.missing"],
+            timeout_seconds=60,
         )
         letters = support.Queue(self.dlq).messages()
         return check(rows, records, letters)

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from outbox_relay.config import ConfigError, InvocationError, load_config, parse_invocation
+from outbox_relay.config import ConfigError, load_config
+from outbox_relay.invocation import InvocationError, parse_invocation
 from outbox_relay.sql import OutboxSql
 from tests import support
 from tests.conftest import make_topics

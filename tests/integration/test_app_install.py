@@ -101,6 +101,7 @@ def test_writer_and_consumer_helpers_work_without_relay_deps(app_venv: Path) -> 
         app_venv,
         """
         import json, sys
+        import pymysql
         import outbox_relay.writer, outbox_relay.consumer
         from outbox_relay.consumer import IdempotentConsumer
         from outbox_relay.writer import OutboxWriteError, add_event
@@ -111,10 +112,10 @@ def test_writer_and_consumer_helpers_work_without_relay_deps(app_venv: Path) -> 
             def __exit__(self, *exc): return False
             def execute(self, sql, params=None):
                 self.conn.executed.append((sql, params))
-                if sql.startswith("INSERT IGNORE"):
-                    fresh = params[0] not in self.conn.claimed
-                    self.conn.claimed.add(params[0])
-                    return int(fresh)
+                if sql.startswith("INSERT INTO `processed_events`"):  # keyed on (scope, id)
+                    if params[:2] in self.conn.claimed:
+                        raise pymysql.err.IntegrityError(1062, "Duplicate entry")
+                    self.conn.claimed.add(params[:2])
                 return 1
 
         class Conn:  # enough of a PyMySQL connection for the two helpers, no database

@@ -20,11 +20,11 @@ from typing import Any
 import boto3
 import pytest
 
-from outbox_relay import aws_clients
+from outbox_relay import aws_clients, dead_letters
 from outbox_relay.config import load_config
 from outbox_relay.db import connector
 from outbox_relay.model import DeadLetter, Delivery
-from outbox_relay.ports import NullMetrics, SystemClock
+from outbox_relay.ports import DeadLetterQueueDown, NullMetrics, SystemClock
 from outbox_relay.relay import Relay
 from outbox_relay.sql import OutboxSql
 from outbox_relay.store_mysql import MySQLOutboxStore
@@ -68,7 +68,10 @@ def test_a_stalled_dead_letter_queue_backs_off_only_the_poison_rows_uncharged(
     dlq: support.Queue,
     invoke: Any,
     proxy: support.DelayProxy,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The pause after an outage outlives the run (the warm process keeps it); shortened here.
+    monkeypatch.setattr(dead_letters, "DEAD_LETTER_PAUSE_SECONDS", 4.0)
     make_topics(topics, "order")
     good = support.backlog(48, 8)
     poison = [
@@ -104,8 +107,18 @@ def test_a_stalled_dead_letter_queue_backs_off_only_the_poison_rows_uncharged(
     assert set(delivered.copies()) == published and delivered.order_violations() == 0
     assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in delivered.last_copy_sequences().values())
 
-    # The queue answers again: the next run dead-letters both, once they are due.
+    # The queue answers again, but the pause carries over to the next invocation of the warm
+    # process: the rows stay backed off, and the queue is not asked.
     proxy.stall = False
+    accepted = proxy.accepted
+    _wait_until_due(database)
+    paused, _ = _timed(invoke, 10, **env)
+    assert paused["ok"] and paused["dead_lettered"] == 0 and paused["pending"] == 2, paused
+    assert proxy.accepted == accepted, "no send while paused"
+    assert all("paused after" in r["last_error"] for r in database.rows() if r["status"] == "PENDING")
+
+    # The pause over, the next run dead-letters both, once they are due.
+    time.sleep(4.0)
     _wait_until_due(database)
     second, _ = _timed(invoke, 10, **env)
 
@@ -185,7 +198,8 @@ class BlockedSink:
 
 
 class RefusingSink:
-    """A dead-letter queue that refuses every letter after a short wait."""
+    """A dead-letter queue that refuses every call after a short wait (as SQS answers a role
+    without sqs:SendMessage)."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -193,7 +207,7 @@ class RefusingSink:
     def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
         self.calls += 1
         time.sleep(0.2)
-        return ["AccessDenied: not allowed"] * len(letters)
+        raise DeadLetterQueueDown("AccessDenied: not allowed", ["not sent"] * len(letters))
 
 
 def _relay(env: dict[str, str], sink: Any, **settings: Any) -> Relay:
@@ -239,4 +253,7 @@ def test_a_failed_dead_letter_send_pauses_dead_letters_for_the_rest_of_the_run(
     assert len(poisoned) == 3
     for row in poisoned:
         assert row["status"] == "PENDING" and row["attempts"] == 0 and row["backing_off"]
-        assert row["last_error"] == "dead-letter queue: AccessDenied: not allowed"
+        assert row["last_error"] in (
+            "dead-letter queue: AccessDenied: not allowed",
+            "dead-letter queue: paused after: AccessDenied: not allowed",
+        )

@@ -64,6 +64,9 @@ class _TakeoverDuringFlush:
     def in_doubt(self) -> bool:
         return self.inner.in_doubt
 
+    def new_run(self) -> None:
+        self.inner.new_run()
+
     def close(self) -> None:
         self.inner.close()
 

@@ -102,13 +102,13 @@ def secret_reads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Every secret read of the runtimes built from now on, as its ``fresh`` flag (True: past
     Powertools' cache)."""
     reads: list[bool] = []
-    real = runtime._read_secret
+    real = runtime.read_secret
 
     def spy(arn: str, fresh: bool = False) -> str:
         reads.append(fresh)
         return real(arn, fresh)
 
-    monkeypatch.setattr(runtime, "_read_secret", spy)
+    monkeypatch.setattr(runtime, "read_secret", spy)
     return reads
 
 

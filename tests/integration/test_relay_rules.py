@@ -41,6 +41,9 @@ class ScriptedPublisher:
             ]
         )
 
+    def new_run(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -393,7 +393,7 @@ def test_a_moto_stack_end_to_end_reports_what_moto_lacks(
         )
     assert row(out, "dead-letter queue").startswith(f"PASS dead-letter queue {stack}-DeadLetterQueue-")
     assert row(out, "dead-letter queue").endswith(": 0 messages, 0 in flight")
-    assert out[-1] == "smoke: FAILED: 10 of 15 checks failed"
+    assert out[-1] == "smoke: FAILED: 11 of 16 checks failed"
 
 
 def test_a_healthy_deployment_passes_every_check(
@@ -406,7 +406,7 @@ def test_a_healthy_deployment_passes_every_check(
     checks, code, out = checked(private_moto, stack, schedules, alarms)
 
     assert code == 0 and all(c.ok for c in checks), out
-    assert out.splitlines()[-1] == "smoke: PASSED: all 15 checks"
+    assert out.splitlines()[-1] == "smoke: PASSED: all 16 checks"
     found = by_name(checks)
     assert "pending 12 (oldest" in found["invoke status"].detail
     topic = real_answers[0]["topics"][0]["topic"]
@@ -439,7 +439,7 @@ def test_a_disabled_schedule_and_a_deleted_alarm_fail(
     assert found[f"alarm {deleted.logical_id}"].detail == (
         f"{deleted.physical_id} is in the stack but not in CloudWatch"
     )
-    assert out.splitlines()[-1] == "smoke: FAILED: 2 of 15 checks failed"
+    assert out.splitlines()[-1] == "smoke: FAILED: 2 of 16 checks failed"
 
 
 def test_a_schedule_aimed_at_another_function_fails(

@@ -26,17 +26,24 @@ JANITOR_HANDLER = "outbox_relay.handler.janitor_handler"  # JanitorFunction's en
 REGION, ACCOUNT = "eu-west-1", "111111111111"
 # The SCRAM secret's customer managed KMS key (MSK refuses SCRAM secrets under the default key).
 SCRAM_KMS_KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
+# A database secret on a customer managed key (optional: the default is aws/secretsmanager).
+DB_SECRET_KMS_KEY_ID = "mrk-0123456789abcdef0123456789abcdef"
+SCRAM_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:AmazonMSK_relay-AbCdEf"
+_SCRAM = {
+    "KafkaSaslMechanism": "SCRAM-SHA-512",
+    "KafkaSaslSecretArn": SCRAM_SECRET_ARN,
+    "KafkaSaslSecretKmsKeyId": SCRAM_KMS_KEY_ID,
+    "KafkaBootstrapServers": "b-1.x.kafka.eu-west-1.amazonaws.com:9096",
+}
 
-# Deployments checked besides samconfig.toml's: one per Kafka authentication.
+# Deployments checked besides samconfig.toml's: one per Kafka authentication, per database
+# authentication, and with the database secret on a customer managed key (alone, and with SCRAM
+# on the same key: each secret's grant must stay its own).
 SCENARIOS: dict[str, dict[str, str]] = {
     "msk-iam": dict(PARAMETERS),
-    "scram": {
-        **PARAMETERS,
-        "KafkaSaslMechanism": "SCRAM-SHA-512",
-        "KafkaSaslSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:AmazonMSK_relay-AbCdEf",
-        "KafkaSaslSecretKmsKeyId": SCRAM_KMS_KEY_ID,
-        "KafkaBootstrapServers": "b-1.x.kafka.eu-west-1.amazonaws.com:9096",
-    },
+    "scram": {**PARAMETERS, **_SCRAM},
+    "db-secret-cmk": {**PARAMETERS, "DbSecretKmsKeyId": DB_SECRET_KMS_KEY_ID},
+    "scram-db-secret-same-cmk": {**PARAMETERS, **_SCRAM, "DbSecretKmsKeyId": SCRAM_KMS_KEY_ID},
     "aurora-iam": {
         **PARAMETERS,
         "DbAuth": "iam",

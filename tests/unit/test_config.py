@@ -8,15 +8,12 @@ import pytest
 
 from outbox_relay.config import (
     ConfigError,
-    Invocation,
-    InvocationError,
     RelaySettings,
     check_topic_template,
     load_config,
     load_database_settings,
-    parse_invocation,
-    with_overrides,
 )
+from outbox_relay.invocation import Invocation, InvocationError, parse_invocation, with_overrides
 
 MINIMAL = {
     "OUTBOX_DB_HOST": "db.local",

@@ -22,12 +22,16 @@ import pytest
 from outbox_relay.config import load_config
 from outbox_relay.publisher_kafka import producer_config
 from tests.unit.deploy_model import (
+    ACCOUNT,
+    DB_SECRET_KMS_KEY_ID,
     DEPLOYMENTS,
     HANDLER,
     JANITOR_HANDLER,
     PACKAGE,
     REGION,
+    SCENARIOS,
     SCRAM_KMS_KEY_ID,
+    SCRAM_SECRET_ARN,
     Stack,
     cfn_str,
     code_reads,
@@ -358,9 +362,40 @@ def kafka_producer_requests() -> frozenset[str]:
 
 @dataclass(frozen=True)
 class Need:
+    """An AWS request the code makes: its action and resource, and the condition keys the request
+    carries (``context``: what the role's statement for it must pin with a condition)."""
+
     action: str
     resource: str
     why: str
+    context: tuple[tuple[str, str], ...] = ()
+
+
+# Each secret variable, and the parameter naming the customer managed KMS key that encrypts that
+# secret (empty: the AWS managed key aws/secretsmanager, which needs no permission of the caller).
+SECRET_KMS_KEYS = {
+    "OUTBOX_DB_SECRET_ARN": "DbSecretKmsKeyId",
+    "KAFKA_SASL_SECRET_ARN": "KafkaSaslSecretKmsKeyId",
+}
+# Condition operators the checker evaluates (exact, or with IAM wildcards), all case-sensitive.
+EXACT_OPERATORS = frozenset({"StringEquals", "ArnEquals"})
+LIKE_OPERATORS = frozenset({"StringLike", "ArnLike"})
+
+
+def secrets_manager_decrypt(stack: Stack, key_id: str, secret_arn: str, why: str) -> Need:
+    """kms:Decrypt as Secrets Manager calls it for GetSecretValue of a secret on a customer managed
+    key: from the secretsmanager endpoint of the region (kms:ViaService), with the encryption
+    context {"SecretARN": <the secret's ARN>} (Secrets Manager user guide, "Secrets Manager
+    encryption context")."""
+    return Need(
+        "kms:Decrypt",
+        f"arn:aws:kms:{stack.region}:{stack.account}:key/{key_id}",
+        why,
+        (
+            ("kms:ViaService", f"secretsmanager.{stack.region}.amazonaws.com"),
+            ("kms:EncryptionContext:SecretARN", secret_arn),
+        ),
+    )
 
 
 def queue_arn(url: str) -> str:
@@ -382,16 +417,19 @@ def needed_permissions(
         needs.append(Need(action, queue_arn(env["DLQ_QUEUE_URL"]), f"SqsDeadLetterSink: {operation}"))
     if calls.reads_secrets:
         for variable in sorted(calls.secret_variables):
-            if env.get(variable):
-                needs.append(Need("secretsmanager:GetSecretValue", env[variable], f"get_secret({variable})"))
+            if not env.get(variable):
+                continue
+            needs.append(Need("secretsmanager:GetSecretValue", env[variable], f"get_secret({variable})"))
+            if variable not in SECRET_KMS_KEYS:
+                problems.append(f"{variable}: name its KMS key parameter in SECRET_KMS_KEYS")
+            elif key_id := stack.parameters.get(SECRET_KMS_KEYS[variable], ""):
+                why = f"get_secret({variable}): the secret's customer managed key"
+                needs.append(secrets_manager_decrypt(stack, key_id, env[variable], why))
     if env.get("OUTBOX_DB_IAM_AUTH") == "true":  # db.iam_token_signer: a token to log in as the user
         resource_id, user = stack.parameters["DbClusterResourceId"], env["OUTBOX_DB_USER"]
         db_user = f"arn:aws:rds-db:{stack.region}:{stack.account}:dbuser:{resource_id}/{user}"
         needs.append(Need("rds-db:connect", db_user, "Aurora IAM database authentication"))
     mechanism = env.get("KAFKA_SASL_MECHANISM", "")
-    if mechanism == "SCRAM-SHA-512":
-        key = f"arn:aws:kms:{stack.region}:{stack.account}:key/{SCRAM_KMS_KEY_ID}"
-        needs.append(Need("kms:Decrypt", key, "the SCRAM secret's customer managed key (MSK requires one)"))
     if mechanism == "OAUTHBEARER" and calls.signs_msk_iam:
         cluster = stack.parameters["MskClusterArn"]
         config = load_config(
@@ -441,19 +479,48 @@ def role_policies(stack: Stack, handler: str = HANDLER) -> tuple[list[dict[str, 
     return statements, [cfn_str(arn) for arn in stack.resolve(role.get("ManagedPolicyArns", []))]
 
 
-def _allows(statement: Mapping[str, Any], action: str, resource: str) -> bool:
+def _conditions(statement: Mapping[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """(operator, condition key in lower case, values) of each condition of the statement."""
+    return [
+        (operator, key.lower(), [cfn_str(v) for v in _as_list(values)])
+        for operator, block in statement.get("Condition", {}).items()
+        for key, values in block.items()
+    ]
+
+
+def _context(need: Need) -> dict[str, str]:
+    return {key.lower(): value for key, value in need.context}
+
+
+def _condition_holds(operator: str, key: str, values: Sequence[str], need: Need) -> bool:
+    """Whether the request ``need`` stands for meets one condition (a key it lacks fails it)."""
+    actual = _context(need).get(key)
+    if actual is None:
+        return False
+    if operator in EXACT_OPERATORS:
+        return actual in values
+    if operator in LIKE_OPERATORS:
+        return any(iam_match(v, actual, case_sensitive=True) for v in values)
+    return False  # not modelled: check_iam reports it
+
+
+def _allows(statement: Mapping[str, Any], need: Need) -> bool:
     return (
         statement.get("Effect") == "Allow"
-        and any(iam_match(a, action) for a in _as_list(statement.get("Action", [])))
-        and any(iam_match(r, resource, case_sensitive=True) for r in _as_list(statement.get("Resource", [])))
+        and any(iam_match(a, need.action) for a in _as_list(statement.get("Action", [])))
+        and any(
+            iam_match(r, need.resource, case_sensitive=True) for r in _as_list(statement.get("Resource", []))
+        )
+        and all(_condition_holds(op, key, values, need) for op, key, values in _conditions(statement))
     )
 
 
 def check_iam(
     needs: Sequence[Need], statements: Sequence[Mapping[str, Any]], managed: Sequence[str]
 ) -> list[str]:
-    """Every need allowed; every inline grant justified by a need (nothing more); managed policies
-    only from the AWS_MANAGED table."""
+    """Every need allowed (its request meets the statement's conditions); every inline grant
+    justified by a need (nothing more: where the needs' requests carry condition keys, the grant
+    pins each of them to their values); managed policies only from the AWS_MANAGED table."""
     problems = [f"managed policy {arn} is not in AWS_MANAGED" for arn in managed if arn not in AWS_MANAGED]
     granted = list(statements) + [
         {"Effect": "Allow", "Action": sorted(AWS_MANAGED[arn][0]), "Resource": "*"}
@@ -461,7 +528,7 @@ def check_iam(
         if arn in AWS_MANAGED
     ]
     for need in needs:
-        if not any(_allows(s, need.action, need.resource) for s in granted):
+        if not any(_allows(s, need) for s in granted):
             problems.append(f"not allowed: {need.action} on {need.resource} ({need.why})")
     for statement in statements:
         label = statement.get("Sid") or json.dumps(statement.get("Action"))
@@ -471,20 +538,42 @@ def check_iam(
         resources = [cfn_str(r) for r in _as_list(statement["Resource"])]
         if "*" in resources:
             problems.append(f"{label}: Resource '*'")
+        conditions = _conditions(statement)
+        problems += [
+            f"{label}: condition operator {op} is not modelled"
+            for op in sorted({op for op, _, _ in conditions} - EXACT_OPERATORS - LIKE_OPERATORS)
+        ]
+        pinned: dict[str, list[str]] = {}
+        for _, key, values in conditions:
+            pinned.setdefault(key, []).extend(values)
         for pattern in _as_list(statement["Action"]):
             actions = expand_action(pattern)
             if not actions:
                 problems.append(f"{label}: {pattern} names no IAM action")
             for action in sorted(actions):
                 for resource in resources:
-                    if not any(
-                        need.action.lower() == action
-                        and iam_match(resource, need.resource, case_sensitive=True)
+                    justifying = [
+                        need
                         for need in needs
-                    ):
+                        if need.action.lower() == action
+                        and iam_match(resource, need.resource, case_sensitive=True)
+                    ]
+                    if not justifying:
                         problems.append(
                             f"{label}: allows {action} on {resource}, which nothing the code calls needs"
                         )
+                    for key in sorted({k for need in justifying for k in _context(need)}):
+                        if key not in pinned:
+                            problems.append(
+                                f"{label}: allows {action} on {resource} whatever its {key} "
+                                "(the code's requests carry one: pin it with a condition)"
+                            )
+                        for value in pinned.get(key, []):
+                            if not any(_context(need).get(key) == value for need in justifying):
+                                problems.append(
+                                    f"{label}: allows {action} on {resource} with {key} {value}, "
+                                    "which nothing the code calls needs"
+                                )
     return problems
 
 
@@ -532,7 +621,8 @@ def janitor_calls(calls: CodeCalls) -> CodeCalls:
 
 @pytest.mark.parametrize("deployment", sorted(DEPLOYMENTS))
 def test_the_janitor_role_allows_what_retention_calls_and_nothing_more(deployment: str) -> None:
-    """JanitorFunction: the database secret (and X-Ray), no SQS, no MSK, no KMS."""
+    """JanitorFunction: the database secret (and its customer managed key, if any) and X-Ray; no
+    SQS, no MSK, not the SCRAM secret nor its key."""
     parameters, region = DEPLOYMENTS[deployment]
     stack = Stack(transformed(parameters), parameters, region=region)
     env = function_environment(stack, JANITOR_HANDLER)
@@ -580,3 +670,117 @@ def test_iam_checker_reports_bad_input() -> None:
         {"Sid": "Typo", "Effect": "Allow", "Action": "sqs:SendMesage", "Resource": queue},
     ]
     assert check_iam(needs, typo, [xray]) == ["Typo: sqs:SendMesage names no IAM action"]
+
+
+def _kms_statements(parameters: Mapping[str, str], handler: str) -> list[dict[str, Any]]:
+    stack = Stack(transformed(parameters), parameters)
+    statements, _ = role_policies(stack, handler)
+    return [dict(s) for s in statements if any(a.lower().startswith("kms:") for a in _as_list(s["Action"]))]
+
+
+def _decrypt_via_secrets_manager(key_id: str, secret_arn: str) -> dict[str, Any]:
+    return {
+        "Effect": "Allow",
+        "Action": "kms:Decrypt",
+        "Resource": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key_id}",
+        "Condition": {
+            "StringEquals": {
+                "kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com",
+                "kms:EncryptionContext:SecretARN": secret_arn,
+            }
+        },
+    }
+
+
+DB_SECRET_ARN = SCENARIOS["msk-iam"]["DbSecretArn"]
+AURORA_IAM_WITH_A_KEY = {**SCENARIOS["aurora-iam"], "DbSecretKmsKeyId": DB_SECRET_KMS_KEY_ID}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "relay", "janitor"),
+    [
+        (SCENARIOS["msk-iam"], [], []),
+        (SCENARIOS["aurora-iam"], [], []),
+        # Refused by the Rules (test_template_rules); the template grants nothing for it either.
+        (AURORA_IAM_WITH_A_KEY, [], []),
+        (
+            SCENARIOS["db-secret-cmk"],
+            [(DB_SECRET_KMS_KEY_ID, DB_SECRET_ARN)],
+            [(DB_SECRET_KMS_KEY_ID, DB_SECRET_ARN)],
+        ),
+        (SCENARIOS["scram"], [(SCRAM_KMS_KEY_ID, SCRAM_SECRET_ARN)], []),
+        (
+            SCENARIOS["scram-db-secret-same-cmk"],
+            [(SCRAM_KMS_KEY_ID, DB_SECRET_ARN), (SCRAM_KMS_KEY_ID, SCRAM_SECRET_ARN)],
+            [(SCRAM_KMS_KEY_ID, DB_SECRET_ARN)],
+        ),
+    ],
+    ids=["msk-iam", "aurora-iam", "aurora-iam-with-a-key", "db-secret-cmk", "scram", "scram-db-same-cmk"],
+)
+def test_secrets_on_customer_managed_keys_are_decrypted_through_secrets_manager_only(
+    parameters: Mapping[str, str], relay: list[tuple[str, str]], janitor: list[tuple[str, str]]
+) -> None:
+    """Each function may decrypt with a secret's customer managed key exactly when it reads that
+    secret, only through Secrets Manager and only for that secret (its encryption context); without
+    a key (DbSecretKmsKeyId, KafkaSaslSecretKmsKeyId) there is no KMS statement at all."""
+    for handler, expected in ((HANDLER, relay), (JANITOR_HANDLER, janitor)):
+        found = [{k: v for k, v in s.items() if k != "Sid"} for s in _kms_statements(parameters, handler)]
+        wanted = [_decrypt_via_secrets_manager(key_id, secret) for key_id, secret in expected]
+        assert sorted(json.dumps(s, sort_keys=True) for s in found) == sorted(
+            json.dumps(s, sort_keys=True) for s in wanted
+        ), handler
+
+
+@pytest.mark.parametrize("dropped", ["kms:ViaService", "kms:EncryptionContext:SecretARN"])
+def test_the_iam_checker_refuses_a_decrypt_grant_without_its_conditions(dropped: str) -> None:
+    """The deployed grant, less one of its conditions: the checker reports the broader grant."""
+    parameters = SCENARIOS["db-secret-cmk"]
+    stack = Stack(transformed(parameters), parameters)
+    env = function_environment(stack, JANITOR_HANDLER)
+    database_only = {k: v for k, v in env.items() if not k.startswith(("KAFKA_", "DLQ_"))}
+    needs, problems = needed_permissions(stack, database_only, janitor_calls(lambda_code_calls()))
+    statements, managed = role_policies(stack, JANITOR_HANDLER)
+    assert problems == [] and check_iam(needs, statements, managed) == []
+    loosened = [dict(s) for s in statements]
+    (grant,) = (s for s in loosened if s.get("Sid") == "DecryptDbSecret")
+    grant["Condition"] = {"StringEquals": dict(grant["Condition"]["StringEquals"])}
+    del grant["Condition"]["StringEquals"][dropped]
+    key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{DB_SECRET_KMS_KEY_ID}"
+    assert check_iam(needs, loosened, managed) == [
+        f"DecryptDbSecret: allows kms:decrypt on {key} whatever its {dropped.lower()} "
+        "(the code's requests carry one: pin it with a condition)"
+    ]
+
+
+def test_iam_checker_evaluates_conditions() -> None:
+    key = "arn:aws:kms:eu-west-1:1:key/k"
+    via = ("kms:ViaService", "secretsmanager.eu-west-1.amazonaws.com")
+    secret = ("kms:EncryptionContext:SecretARN", "arn:aws:secretsmanager:eu-west-1:1:secret:db-AbCdEf")
+    needs = [Need("kms:Decrypt", key, "db secret", (via, secret))]
+
+    def decrypt(condition: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"Sid": "D", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": key, "Condition": condition}
+        ]
+
+    exact = {"StringEquals": dict([via, secret])}
+    assert check_iam(needs, decrypt(exact), []) == []
+    # Keys are case-insensitive; a like-pattern that matches allows, but grants more than needed.
+    like = {"StringEquals": {"KMS:VIASERVICE": via[1]}, "ArnLike": {secret[0]: "arn:aws:secretsmanager:*"}}
+    assert check_iam(needs, decrypt(like), []) == [
+        f"D: allows kms:decrypt on {key} with kms:encryptioncontext:secretarn arn:aws:secretsmanager:*, "
+        "which nothing the code calls needs"
+    ]
+    other_secret = {"StringEquals": {**dict([via]), secret[0]: "arn:aws:secretsmanager:eu-west-1:1:secret:x"}}
+    assert check_iam(needs, decrypt(other_secret), []) == [
+        f"not allowed: kms:Decrypt on {key} (db secret)",
+        f"D: allows kms:decrypt on {key} with kms:encryptioncontext:secretarn "
+        "arn:aws:secretsmanager:eu-west-1:1:secret:x, which nothing the code calls needs",
+    ]
+    unknown_key = {"StringEquals": {**exact["StringEquals"], "aws:SourceVpce": "vpce-1"}}
+    assert check_iam(needs, decrypt(unknown_key), []) == [f"not allowed: kms:Decrypt on {key} (db secret)"]
+    if_exists = {"StringEqualsIfExists": dict([via, secret])}
+    assert check_iam(needs, decrypt(if_exists), []) == [
+        f"not allowed: kms:Decrypt on {key} (db secret)",
+        "D: condition operator StringEqualsIfExists is not modelled",
+    ]

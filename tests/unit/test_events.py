@@ -9,7 +9,7 @@ from typing import Any
 
 from samtranslator.yaml_helper import yaml_parse
 
-from outbox_relay.config import is_scheduled_event, parse_invocation
+from outbox_relay.invocation import is_scheduled_event, parse_invocation
 
 ROOT = Path(__file__).resolve().parents[2]
 

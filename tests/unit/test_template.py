@@ -101,6 +101,7 @@ def test_alarms_cover_lag_dead_letters_dlq_errors_missing_runs_drops_janitor_and
     assert set(by_metric) == {
         "OldestPendingAgeSeconds",
         "DeadLettered",
+        "TopicUnavailable",
         "ApproximateNumberOfMessagesVisible",
         "Errors",
         "RunSucceeded",

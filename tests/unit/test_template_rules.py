@@ -4,12 +4,13 @@ samconfig.toml's environments).  Rules are evaluated here with the few intrinsic
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from tests.unit.deploy_model import DEPLOYMENTS, SCENARIOS, template
+from tests.unit.deploy_model import DB_SECRET_KMS_KEY_ID, DEPLOYMENTS, SCENARIOS, template
 
 
 def evaluate(node: Any, parameters: Mapping[str, str]) -> Any:
@@ -60,6 +61,10 @@ def test_every_deployment_of_this_repository_passes_the_rules(deployment: str) -
         ({"DbSecretArn": ""}, "DbAuth=secret needs DbSecretArn"),
         ({**SCENARIOS["scram"], "KafkaSaslSecretKmsKeyId": ""}, "needs KafkaSaslSecretKmsKeyId"),
         (
+            {**SCENARIOS["aurora-iam"], "DbSecretKmsKeyId": DB_SECRET_KMS_KEY_ID},
+            "DbAuth=iam takes no DbSecretKmsKeyId",
+        ),
+        (
             {**SCENARIOS["scram"], "KafkaSecurityProtocol": "PLAINTEXT"},
             "SCRAM-SHA-512 needs KafkaSecurityProtocol",
         ),
@@ -68,3 +73,44 @@ def test_every_deployment_of_this_repository_passes_the_rules(deployment: str) -
 def test_a_parameter_set_that_cannot_run_is_refused(changes: dict[str, str], refused: str) -> None:
     parameters = {**SCENARIOS["msk-iam"], **changes}
     assert any(refused in reason for reason in refusals(parameters)), refusals(parameters)
+
+
+def test_a_db_secret_key_without_a_db_secret_is_the_only_refusal() -> None:
+    """DbAuth=iam with DbSecretKmsKeyId: a key for a secret the stack does not read. The same key
+    with DbAuth=secret (db-secret-cmk) passes."""
+    parameters = {**SCENARIOS["aurora-iam"], "DbSecretKmsKeyId": DB_SECRET_KMS_KEY_ID}
+    assert refusals(parameters) == [
+        "DbAuth=iam takes no DbSecretKmsKeyId (there is no database secret to decrypt)."
+    ]
+    assert refusals(SCENARIOS["db-secret-cmk"]) == []
+
+
+@pytest.mark.parametrize(
+    ("parameter", "accepted", "refused"),
+    [
+        (
+            "DbSecretKmsKeyId",
+            ["", "1234abcd-12ab-34cd-56ef-1234567890ab", "mrk-0123456789abcdef0123456789abcdef"],
+            ["alias/db", "arn:aws:kms:eu-west-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab"],
+        ),
+        (
+            "KafkaSaslSecretKmsKeyId",
+            ["", "1234abcd-12ab-34cd-56ef-1234567890ab"],
+            ["alias/msk", "arn:aws:kms:eu-west-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab"],
+        ),
+        (
+            # A full ARN: the GetSecretValue grant and the encryption context name the secret by it.
+            "KafkaSaslSecretArn",
+            ["", "arn:aws:secretsmanager:eu-west-1:111111111111:secret:AmazonMSK_relay-AbCdEf"],
+            ["AmazonMSK_relay"],
+        ),
+    ],
+)
+def test_parameters_refuse_values_their_grants_cannot_use(
+    parameter: str, accepted: list[str], refused: list[str]
+) -> None:
+    """CloudFormation matches AllowedPattern against the whole value: a key id (the grants build
+    the key's ARN from it, in the stack's account and region), not an alias or an ARN."""
+    pattern = template()["Parameters"][parameter]["AllowedPattern"]
+    assert [v for v in accepted if not re.fullmatch(pattern, v)] == []
+    assert [v for v in refused if re.fullmatch(pattern, v)] == []

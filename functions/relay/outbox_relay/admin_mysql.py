@@ -157,7 +157,7 @@ class OutboxAdmin:
 
         def work(conn: pymysql.connections.Connection[Any]) -> int:
             with conn.cursor() as cur:
-                cur.execute(_dead_count_sql(self.sql.table, len(shards)), shards)
+                cur.execute(self.sql.dead_count(len(shards)), shards)
                 (count,) = cur.fetchone() or (0,)
                 return int(count)
 
@@ -308,14 +308,6 @@ class OutboxAdmin:
             return self.store.run(work, statement.split(" ", 1)[0].lower())
         except StoreUnavailable as exc:
             raise AdminError(str(exc)) from exc
-
-
-def _dead_count_sql(table: str, shards: int) -> str:
-    """DEAD rows, through ix_outbox_shard_head (shard, status, id): like sql.pending_stats, the
-    shard list makes it one index range per shard.  (It belongs in sql.py beside the others; it
-    is here while another change holds that module.)"""
-    marks = ", ".join(["%s"] * shards)
-    return f"SELECT COUNT(*) FROM `{table}` WHERE shard IN ({marks}) AND status = 'DEAD'"
 
 
 def _route_probe(aggregate_type: str, event_type: str) -> OutboxRecord:

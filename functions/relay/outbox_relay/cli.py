@@ -94,7 +94,7 @@ def _migrate(args: argparse.Namespace) -> int:
     migrations = discover(Path(args.dir))
     read_secret: SecretReader | None = None
     if settings.password is None and settings.secret_arn is not None:  # needs the relay extra
-        from .runtime import _read_secret as read_secret
+        from .runtime import read_secret
     try:
         conn = connector(settings, read_secret)()
         try:

@@ -7,10 +7,11 @@ together as one line, so a bad deployment says everything that is wrong at once.
 from __future__ import annotations
 
 import os
+import re
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TypeVar
 
 from .sql import valid_identifier
 
@@ -21,14 +22,11 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL")
 SASL_MECHANISMS = ("OAUTHBEARER", "SCRAM-SHA-512")
 COMPRESSION_TYPES = ("none", "gzip", "lz4", "zstd", "snappy")
 DB_TLS_MODES = ("off", "required", "verify")
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]")
 
 
 class ConfigError(ValueError):
     """The environment does not describe a runnable relay.  ``str()`` is one line."""
-
-
-class InvocationError(ValueError):
-    """A manual invocation payload the relay will not act on.  ``str()`` is one line."""
 
 
 @dataclass(frozen=True)
@@ -106,15 +104,6 @@ class Config:
     retention: RetentionSettings = RetentionSettings()
 
 
-@dataclass(frozen=True)
-class Invocation:
-    """What an invocation asks for: an action and, for ``relay``, setting overrides."""
-
-    action: str = "relay"
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    ids: tuple[int, ...] = ()
-
-
 class _Reader:
     """Reads typed values from an environment mapping, collecting every problem."""
 
@@ -174,12 +163,25 @@ def check_topic_template(template: str) -> str | None:
         fields = list(string.Formatter().parse(template))
     except ValueError as exc:
         return f"is not a valid template ({exc})"
-    for _literal, name, spec, conversion in fields:
+    literal = ""
+    for text, name, spec, conversion in fields:
+        literal += text
         if name is None:
             continue
         if name not in TOPIC_FIELDS or spec or conversion:
             allowed = ", ".join("{" + f + "}" for f in sorted(TOPIC_FIELDS))
             return f"uses {{{name}}}; only {allowed} may appear"
+    # The literal text is in every topic it makes: a character Kafka refuses there would
+    # dead-letter every event routed through it while runs report success.
+    bad = sorted({c for c in literal if not _TOPIC_CHARS.fullmatch(c)})
+    if bad:
+        return f"has {''.join(bad)!r} outside the fields; Kafka topic names allow only [A-Za-z0-9._-]"
+    if len(literal) > 249:
+        return f"is {len(literal)} characters without its fields; Kafka allows 249"
+    if literal.startswith("__"):
+        return "starts with '__', which Kafka reserves for internal topics"
+    if not any(name for _, name, _, _ in fields) and literal in (".", ".."):
+        return "is not a legal Kafka topic name"
     return None
 
 
@@ -345,68 +347,3 @@ def load_database_settings(env: Mapping[str, str]) -> DatabaseSettings:
     if r.problems:
         raise ConfigError("invalid configuration: " + "; ".join(r.problems))
     return database
-
-
-_OVERRIDES: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool], str]] = {
-    "batch_size": (int, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
-    "max_events": (int, lambda v: v >= 1, "a positive integer"),
-    "dry_run": (bool, lambda v: True, "true or false"),
-    "poll_window_seconds": ((int, float), lambda v: 0 <= v <= 900, "a number of seconds from 0 to 900"),
-}
-ACTIONS = ("relay", "janitor", "status", "redrive")
-_SCHEDULE_SOURCES = ("aws.events", "aws.scheduler")
-
-
-def is_scheduled_event(event: Mapping[str, Any]) -> bool:
-    """EventBridge rule (``Scheduled Event``) or Scheduler payloads carry no overrides."""
-    return event.get("detail-type") == "Scheduled Event" or event.get("source") in _SCHEDULE_SOURCES
-
-
-def parse_invocation(event: object) -> Invocation:
-    """What an event asks for: a scheduled run (the Scheduler input may name an ``action``), or a
-    manual payload ``{"action": ..., <overrides>}`` / ``{"action": "redrive", "ids": [...]}``.
-
-    Raises :class:`InvocationError` when any field is unknown or of the wrong type.
-    """
-    if event is None:
-        return Invocation()
-    if not isinstance(event, dict):
-        raise InvocationError(
-            f"invalid invocation payload: expected a JSON object, got {type(event).__name__}"
-        )
-    fields = dict(event)
-    if is_scheduled_event(fields):
-        fields = {"action": fields["action"]} if "action" in fields and "detail-type" not in fields else {}
-    action = fields.pop("action", "relay")
-    if action not in ACTIONS:
-        raise InvocationError(
-            f"invalid invocation payload: action must be one of {', '.join(ACTIONS)}, got {action!r}"
-        )
-    ids: tuple[int, ...] = ()
-    if action == "redrive":
-        raw = fields.pop("ids", None)
-        if not isinstance(raw, list) or not raw or not all(type(i) is int and i > 0 for i in raw):
-            raise InvocationError(
-                "invalid invocation payload: redrive needs ids, a non-empty list of outbox ids"
-            )
-        ids = tuple(raw)
-    allowed = _OVERRIDES if action == "relay" else {}
-    unknown = sorted(set(fields) - set(allowed))
-    if unknown:
-        names = ", ".join(sorted(allowed)) if allowed else "none besides action" + (", ids" if ids else "")
-        raise InvocationError(
-            f"invalid invocation payload: unknown field {', '.join(map(repr, unknown))} (allowed: {names})"
-        )
-    changes: dict[str, Any] = {}
-    for name, value in fields.items():
-        kind, ok, expected = _OVERRIDES[name]
-        # bool is an int in Python; a JSON true is not a batch size.
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if type(value) not in kinds or not ok(value):
-            raise InvocationError(f"invalid invocation payload: {name} must be {expected}, got {value!r}")
-        changes[name] = value
-    return Invocation(action, changes, ids)
-
-
-def with_overrides(settings: RelaySettings, changes: Mapping[str, Any]) -> RelaySettings:
-    return replace(settings, **changes)

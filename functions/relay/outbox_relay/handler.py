@@ -26,15 +26,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from .admin_mysql import AdminError
-from .config import (
-    Config,
-    ConfigError,
-    Invocation,
-    InvocationError,
-    load_config,
-    parse_invocation,
-    with_overrides,
-)
+from .config import Config, ConfigError, load_config
+from .invocation import Invocation, InvocationError, parse_invocation, with_overrides
 from .metrics_emf import EmfMetrics
 from .ports import MetricName, StoreUnavailable
 from .runtime import Runtime, runtime_for
@@ -93,6 +86,7 @@ def handle(event: Any, context: Context, env: Mapping[str, str], only: str | Non
     remaining = context.get_remaining_time_in_millis() / 1000.0
     deadline = time.monotonic() + remaining - config.relay.stop_margin_seconds
     runtime = runtime_for(config)
+    runtime.bound(deadline)
     if invocation.action == "relay":
         settings = with_overrides(config.relay, invocation.overrides)
         if settings.dry_run:

@@ -19,8 +19,9 @@ class InvalidEvent(ValueError):
 
 @functools.lru_cache(maxsize=1024)
 def legal_topic(name: str) -> bool:
-    """Kafka's rule: 1 to 249 of ``[A-Za-z0-9._-]``, and not ``.`` or ``..``."""
-    return _TOPIC.fullmatch(name) is not None and name not in (".", "..")
+    """Kafka's rule: 1 to 249 of ``[A-Za-z0-9._-]``, and not ``.`` or ``..``; and not a name
+    Kafka reserves for its internal topics (``__consumer_offsets``, ``__transaction_state``...)."""
+    return _TOPIC.fullmatch(name) is not None and name not in (".", "..") and not name.startswith("__")
 
 
 def topic_for(record: OutboxRecord, template: str) -> str:
@@ -43,10 +44,7 @@ def encode(record: OutboxRecord, settings: RelaySettings) -> Message:
     if size > settings.max_message_bytes:
         raise InvalidEvent(f"payload is {size} bytes, over the {settings.max_message_bytes}-byte limit")
     if settings.require_json:
-        try:
-            json.loads(record.payload)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise InvalidEvent(f"payload is not valid JSON: {_first_line(exc)}") from None
+        _parse_json(record.payload, "payload")
     headers = [
         ("id", record.event_id.encode()),
         ("event_type", record.event_type.encode()),
@@ -65,11 +63,24 @@ def encode(record: OutboxRecord, settings: RelaySettings) -> Message:
     )
 
 
-def _extra_headers(raw: str) -> list[tuple[str, bytes]]:
+def _parse_json(raw: str | bytes, what: str) -> object:
     try:
-        parsed = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidEvent(f"headers column is not valid JSON: {_first_line(exc)}") from None
+        return json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InvalidEvent(f"{what} is not valid JSON: {_first_line(exc)}") from None
+    except RecursionError:
+        raise InvalidEvent(f"{what} is JSON nested too deeply to parse") from None
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate, from a "\ud800" escape in JSON
+        raise InvalidEvent(f"{what} is not valid unicode: {_first_line(exc)}") from None
+
+
+def _extra_headers(raw: str) -> list[tuple[str, bytes]]:
+    parsed = _parse_json(raw, "headers column")
     if not isinstance(parsed, dict):
         raise InvalidEvent("headers column must be a JSON object of string values")
     out: list[tuple[str, bytes]] = []
@@ -78,7 +89,8 @@ def _extra_headers(raw: str) -> list[tuple[str, bytes]]:
             raise InvalidEvent(f"headers column may not set the reserved header {name!r}")
         if not isinstance(value, str):
             raise InvalidEvent(f"header {name!r} must be a string, got {type(value).__name__}")
-        out.append((name, value.encode()))
+        _utf8(name, "a header name")  # kafka-python encodes it when sending
+        out.append((name, _utf8(value, f"header {name!r}")))
     return out
 
 

@@ -9,6 +9,9 @@ from typing import Any
 AggregateKey = tuple[str, str]
 """(aggregate_type, aggregate_id): the unit of ordering."""
 
+# Blocked aggregates a run's summary names (``blocked_aggregates`` counts them all).
+BLOCKED_LISTED = 20
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRecord:
@@ -47,7 +50,8 @@ class Delivery(enum.Enum):
     """How one send ended, and what it means for the row."""
 
     DELIVERED = "delivered"  # acknowledged by Kafka (acks=all): the row may be marked published
-    RETRY = "retry"  # this row's own problem that may pass (unknown topic, authorization): attempt+1
+    RETRY = "retry"  # this row's own problem that may pass: attempt+1
+    TOPIC_UNAVAILABLE = "topic_unavailable"  # its topic is missing or denied: a per-topic outage, no attempt
     REJECTED = "rejected"  # permanent for this row (too large, invalid): dead-letter it now
     UNAVAILABLE = "unavailable"  # Kafka itself is down or slow: nobody's fault, no attempt, stop the run
     NOT_SENT = "not_sent"  # skipped to keep order or by a cap: untouched, no attempt
@@ -61,10 +65,13 @@ class SendResult:
 
 @dataclass(frozen=True, slots=True)
 class RetryDecision:
+    """Back a row off; ``attempts`` is the count the relay read (the finalize's idempotence guard)."""
+
     record_id: int
     delay_seconds: float
     error: str
     charge_attempt: bool
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +121,9 @@ class Summary:
     passes: int = 0
     shards: int = 0
     lease_lost: int = 0
+    topic_unavailable: int = 0
+    # Aggregates found blocked (their head backs off, its topic is missing, ...) and why.
+    blocked: dict[AggregateKey, str] = field(default_factory=dict)
     stopped_by: str = "drained"
     error: str | None = None
     dry_run: bool = False
@@ -136,6 +146,14 @@ class Summary:
             "lease_lost": self.lease_lost,
             "stopped_by": self.stopped_by,
         }
+        if self.topic_unavailable:
+            out["topic_unavailable"] = self.topic_unavailable
+        if self.blocked:
+            out["blocked_aggregates"] = len(self.blocked)
+            out["blocked"] = [
+                {"aggregate_type": t, "aggregate_id": i, "reason": why}
+                for (t, i), why in sorted(self.blocked.items())[:BLOCKED_LISTED]
+            ]
         if self.dry_run:
             out["dry_run"] = True
             out["would_publish"] = self.would_publish

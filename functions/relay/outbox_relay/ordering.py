@@ -5,6 +5,9 @@ Pure functions over rows in id order; the relay core feeds them and acts on what
 * **Head-of-line (per aggregate only).** A row is sent only if every earlier pending row of its
   aggregate is being sent before it in the same pass.  A row in backoff blocks its aggregate, and
   nothing else; an invalid row ends its aggregate's run in this pass (it is dead-lettered first).
+* **A row costs at most its own aggregate.** Whatever a row holds, failing to encode it
+  dead-letters that row (with the reason) and blocks its aggregate for the pass; it never ends
+  the pass or the run.
 * **Contiguous prefix.** After Kafka answers, an aggregate's rows are marked published only up to
   its first row that was not delivered.  That row alone is charged (retry or dead letter); later
   rows stay pending untouched and are sent again after it, so the *last* copy of every event in
@@ -26,6 +29,8 @@ class Selection:
 
     sendable: list[tuple[OutboxRecord, Message]] = field(default_factory=list)
     invalid: list[tuple[OutboxRecord, str]] = field(default_factory=list)
+    # Shards with rows left for a later pass by the limit alone (not blocked): read them again.
+    deferred: set[int] = field(default_factory=set)
 
 
 def select(
@@ -48,11 +53,17 @@ def select(
             continue
         if limit is not None and len(out.sendable) + len(out.invalid) >= limit:
             blocked.add(record.key)
+            out.deferred.add(record.shard)
             continue
         try:
             out.sendable.append((record, encode(record)))
         except InvalidEvent as exc:
             out.invalid.append((record, str(exc)))
+            blocked.add(record.key)
+        except Exception as exc:  # a row costs at most its own aggregate
+            # Whatever the content makes encoding raise (deep nesting, bad unicode, a bug), the
+            # row is dead-lettered with the reason and the run goes on.
+            out.invalid.append((record, f"cannot encode the row: {type(exc).__name__}: {exc}"[:500]))
             blocked.add(record.key)
     return out
 
@@ -63,6 +74,8 @@ class Settlement:
 
     published: list[OutboxRecord] = field(default_factory=list)
     retry: list[tuple[OutboxRecord, str]] = field(default_factory=list)
+    # Its topic is missing or denied: backed off, no attempt charged (a per-topic outage).
+    waiting: list[tuple[OutboxRecord, str]] = field(default_factory=list)
     rejected: list[tuple[OutboxRecord, str]] = field(default_factory=list)
     unavailable: str | None = None
 
@@ -82,6 +95,8 @@ def settle(sent: Sequence[tuple[OutboxRecord, SendResult]]) -> Settlement:
         stopped.add(record.key)
         if result.delivery is Delivery.RETRY:
             out.retry.append((record, result.error))
+        elif result.delivery is Delivery.TOPIC_UNAVAILABLE:
+            out.waiting.append((record, result.error))
         elif result.delivery is Delivery.REJECTED:
             out.rejected.append((record, result.error))
     return out

@@ -20,7 +20,13 @@ from .model import (
 
 
 class StoreUnavailable(Exception):
-    """The database could not be reached or kept failing; nothing was half-applied."""
+    """The database could not be reached or kept failing; nothing was half-applied.
+    ``reached``: a connection was made, so an operation of several statements may have run in
+    part (an acquire may hold some shards); False when no attempt got that far."""
+
+    def __init__(self, message: str, reached: bool = True) -> None:
+        super().__init__(message)
+        self.reached = reached
 
 
 class CredentialsUnavailable(ValueError):
@@ -40,10 +46,15 @@ class OutboxStore(Protocol):
         ...
 
     def read_heads(
-        self, cursors: Mapping[int, int], limit: int, exclude: Mapping[int, Sequence[int]] | None = None
+        self,
+        cursors: Mapping[int, int],
+        limit: int,
+        exclude: Mapping[int, Sequence[int]] | None = None,
+        skip: Mapping[int, Collection[AggregateKey]] | None = None,
     ) -> list[OutboxRecord]:
         """Up to ``limit`` pending rows per shard with id above the shard's cursor, in id order,
-        leaving out the ids in ``exclude`` (rows in flight)."""
+        leaving out the ids in ``exclude`` (rows in flight) and every row of the aggregates in
+        ``skip`` (blocked ones)."""
         ...
 
     def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
@@ -59,8 +70,9 @@ class OutboxStore(Protocol):
         """
         ...
 
-    def release(self, token: bytes, shards: Sequence[int], grace_seconds: float) -> None:
-        """Give shards back; nobody can take them for ``grace_seconds``."""
+    def release(self, token: bytes, shards: Sequence[int] | None, grace_seconds: float) -> None:
+        """Give shards back (``None``: all that ``token`` holds); nobody can take them for
+        ``grace_seconds``."""
         ...
 
     def pending_stats(self) -> PendingStats: ...
@@ -92,6 +104,10 @@ class Settled:
 class Publisher(Protocol):
     """Sends messages to Kafka; the acknowledgements are awaited with :meth:`InFlight.wait`."""
 
+    def new_run(self) -> None:
+        """A run starts: forget what the last one learnt about topics (one may exist now)."""
+        ...
+
     def send(self, messages: Sequence[Message], deadline: float) -> InFlight:
         """Hand ``messages`` to Kafka without waiting (one batch in flight at a time)."""
         ...
@@ -104,11 +120,21 @@ class Publisher(Protocol):
     def close(self) -> None: ...
 
 
+class DeadLetterQueueDown(Exception):
+    """The dead-letter queue did not answer a send as a whole (unreachable, throttled, denied).
+    ``results`` holds the answer per letter so far (letters sent before the failure count)."""
+
+    def __init__(self, error: str, results: Sequence[str | None]) -> None:
+        super().__init__(error)
+        self.results = list(results)
+
+
 class DeadLetterSink(Protocol):
     """The dead-letter queue."""
 
     def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
-        """Send each letter; per letter ``None`` once acknowledged, else the error text."""
+        """Send each letter; per letter ``None`` once acknowledged, else why the queue refused it.
+        Raises :class:`DeadLetterQueueDown` when the queue itself did not answer."""
         ...
 
 
@@ -125,6 +151,8 @@ class MetricName:
     RUN_SUCCEEDED: Final = "RunSucceeded"
     RUN_FAILED: Final = "RunFailed"
     RUN_DURATION_MS: Final = "RunDurationMs"
+    # Rows held back because their topic is missing or not authorized (never charged to the rows).
+    TOPIC_UNAVAILABLE: Final = "TopicUnavailable"
     # Lag gauges: emitted by relay and dry runs only when the database answered (never a 0 that
     # stands for "unknown").
     PENDING_COUNT: Final = "PendingCount"

@@ -3,7 +3,10 @@
 Classifies every send into a :class:`~outbox_relay.model.Delivery`:
 
 * broker down, slow, or timing out → ``UNAVAILABLE`` (never charged to a row);
-* unknown topic / topic not authorized while the cluster answers → ``RETRY`` (the row's problem);
+* unknown topic / topic not authorized while the cluster answers → ``TOPIC_UNAVAILABLE``: a
+  per-topic outage (a configuration mistake, a topic not created yet), not the row's fault, so
+  never charged; the topic is remembered until the run ends, so a missing topic costs a run at
+  most one bounded metadata wait, not one per send or pass;
 * too large / invalid record → ``REJECTED`` (dead letter).
 
 A non-retriable broker error puts kafka-python's idempotent producer into a fatal state that
@@ -80,10 +83,15 @@ class KafkaPublisher:
         self._extra_config = extra_config
         self._producer: Any = None
         self._in_doubt = False
+        # Topics found missing or denied in this run: not asked for again (send() would block).
+        self._topic_down: dict[str, str] = {}
 
     @property
     def in_doubt(self) -> bool:
         return self._in_doubt
+
+    def new_run(self) -> None:
+        self._topic_down.clear()
 
     def close(self) -> None:
         """Flush briefly and close; used when the process is done with Kafka."""
@@ -174,14 +182,13 @@ class KafkaPublisher:
     ) -> tuple[list[SendResult | None], list[tuple[int, Any]]]:
         results: list[SendResult | None] = [None] * len(messages)
         futures: list[tuple[int, Any]] = []
-        topic_errors: dict[str, str] = {}
         outage: str | None = None
         for index, message in enumerate(messages):
             if outage is not None:
                 results[index] = SendResult(Delivery.UNAVAILABLE, outage)
                 continue
-            if message.topic in topic_errors:
-                results[index] = SendResult(Delivery.RETRY, topic_errors[message.topic])
+            if message.topic in self._topic_down:
+                results[index] = SendResult(Delivery.TOPIC_UNAVAILABLE, self._topic_down[message.topic])
                 continue
             # send() blocks for topic metadata up to max_block_ms: never past our deadline.
             producer.config["max_block_ms"] = max(
@@ -195,15 +202,13 @@ class KafkaPublisher:
             except kafka_errors.KafkaTimeoutError as exc:
                 if _cluster_answered_since(producer, started):
                     error = f"topic {message.topic!r} does not exist or has no leader"
-                    topic_errors[message.topic] = error
-                    results[index] = SendResult(Delivery.RETRY, error)
+                    results[index] = self._topic_unavailable(message.topic, error)
                 else:
                     outage = f"no metadata from the cluster: {_describe(exc)}"
                     results[index] = SendResult(Delivery.UNAVAILABLE, outage)
                 continue
             except _TOPIC_PROBLEMS as exc:
-                topic_errors[message.topic] = _describe(exc)
-                results[index] = SendResult(Delivery.RETRY, topic_errors[message.topic])
+                results[index] = self._topic_unavailable(message.topic, _describe(exc))
                 continue
             except _POISON as exc:
                 results[index] = SendResult(Delivery.REJECTED, _describe(exc))
@@ -217,12 +222,22 @@ class KafkaPublisher:
                 self._in_doubt = bool(futures)  # earlier sends may still be on the wire
                 self._discard()
                 break
+            except Exception as exc:
+                # Anything else kafka-python raises on one record's content: charged to that row
+                # (dead-lettered after max attempts), never the end of the run.
+                results[index] = SendResult(Delivery.RETRY, _describe(exc))
+                continue
             futures.append((index, future))
         if outage is not None:
             for index in range(len(messages)):
                 if results[index] is None and all(i != index for i, _ in futures):
                     results[index] = SendResult(Delivery.UNAVAILABLE, outage)
         return results, futures
+
+    def _topic_unavailable(self, topic: str, error: str) -> SendResult:
+        self._topic_down[topic] = error
+        log.warning("topic unavailable", extra={"topic": topic, "error": error})
+        return SendResult(Delivery.TOPIC_UNAVAILABLE, error)
 
     def _flush(self, producer: Any, deadline: float) -> None:
         for _ in range(FLUSH_TRIES):
@@ -311,7 +326,7 @@ def _classify(exc: BaseException) -> SendResult:
     if isinstance(exc, _POISON):
         return SendResult(Delivery.REJECTED, _describe(exc))
     if isinstance(exc, _TOPIC_PROBLEMS):
-        return SendResult(Delivery.RETRY, _describe(exc))
+        return SendResult(Delivery.TOPIC_UNAVAILABLE, _describe(exc))
     return SendResult(Delivery.UNAVAILABLE, _describe(exc))
 
 

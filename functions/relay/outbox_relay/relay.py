@@ -9,117 +9,70 @@ from __future__ import annotations
 import logging
 import math
 import random
-import threading
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
 
 from . import ordering
 from .config import RelaySettings
+from .dead_letters import DeadLetterDispatch
 from .messages import encode
 from .model import (
     AggregateKey,
     DeadLetter,
-    FinalizePlan,
-    FinalizeResult,
     OutboxRecord,
     PendingStats,
     RetryDecision,
     SendResult,
     Summary,
 )
-from .ports import Clock, DeadLetterSink, MetricName, Metrics, OutboxStore, Publisher, StoreUnavailable
+from .pipeline import Batch, Finalizer
+from .ports import (
+    Clock,
+    DeadLetterSink,
+    InFlight,
+    MetricName,
+    Metrics,
+    OutboxStore,
+    Publisher,
+    StoreUnavailable,
+)
+from .preview import preview
 from .retry import RetryPolicy
+from .shard_sweep import MAX_SKIPPED_KEYS, ShardSweep, advance, blocked_of
 
 log = logging.getLogger("outbox_relay")
-T = TypeVar("T")
 
 # Time kept back from the deadline for the last finalize, the release and the lag query.
 FINALIZE_RESERVE_SECONDS = 0.3
 # A pass is not started with less time than this left: it could not finish.
 MIN_PASS_SECONDS = 0.1
-# How many pages past a fully blocked head one shard may be scanned in a run.
-MAX_SKIP_PAGES = 50
 # While polling with shards in hand, look for more free shards this often.
 ACQUIRE_EVERY_SECONDS = 1.0
-# After a dead-letter send failed as a whole (no answer by the deadline, or every letter refused),
-# the run sends none for this long: a stalled queue costs a run one bounded wait, not one per pass.
-DEAD_LETTER_PAUSE_SECONDS = 60.0
-
-
-@dataclass(slots=True)
-class _ShardSweep:
-    """Where the next read of a shard starts.  ``cursor`` > 0 only while skipping a blocked head."""
-
-    cursor: int = 0
-    skipped_pages: int = 0
-    idle: bool = False
+# A row whose topic is missing or denied waits this long (no attempt charged) before it is tried
+# again: a per-topic outage, not the row's fault.
+TOPIC_WAIT_SECONDS = 30.0
+# The last pass is sized to take at most this share of the time left (by the measured send rate).
+PASS_TIME_SHARE = 0.5
 
 
 @dataclass(slots=True)
 class _Run:
-    """The state of one run: its lease token, the shards it holds, its time limits, and why (and
-    until when) it sends no dead letters."""
+    """The state of one run: its lease token, the shards it holds and its time limits."""
 
     token: bytes
     deadline: float
     work_deadline: float
     owned: list[int] = field(default_factory=list)
     done: set[int] = field(default_factory=set)
-    sweeps: dict[int, _ShardSweep] = field(default_factory=dict)
+    sweeps: dict[int, ShardSweep] = field(default_factory=dict)
     in_doubt: bool = False
     poll_until: float | None = None
     next_acquire: float = 0.0
-    dead_letters_down: str | None = None
-    dead_letters_retry_at: float = 0.0
-
-
-@dataclass(slots=True)
-class _Pass:
-    """One batch.  It is finalized one pass later, while the next batch is on the wire; until
-    then its rows stay PENDING, so the next read leaves them out (``in_flight``) and holds back
-    the aggregates it did not deliver in full (``unsettled``)."""
-
-    plan: FinalizePlan = field(default_factory=FinalizePlan)
-    in_flight: dict[int, list[int]] = field(default_factory=dict)
-    unsettled: set[AggregateKey] = field(default_factory=set)
-    unavailable: str | None = None
-
-
-class _Finalizer:
-    """The fenced finalize of one batch at a time.  Given a store of its own (a second
-    connection) it runs in a worker thread, overlapping the next batch's read and send; else it
-    runs inline when started."""
-
-    def __init__(self, store: OutboxStore, background: OutboxStore | None) -> None:
-        self.store = background or store
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="outbox-finalize") if background else None
-        self.pending: tuple[_Pass, Future[FinalizeResult] | FinalizeResult | None] | None = None
-
-    def start(self, token: bytes, owned: list[int], step: _Pass, lease_seconds: float) -> None:
-        if not step.plan or not owned:
-            self.pending = (step, None)
-            return
-        args = (token, list(owned), step.plan, lease_seconds)
-        if self.pool is not None:
-            self.pending = (step, self.pool.submit(self.store.finalize, *args))
-        else:
-            self.pending = (step, None)  # recorded first: a failing inline finalize is not retried
-            self.pending = (step, self.store.finalize(*args))
-
-    def join(self) -> tuple[_Pass, FinalizeResult | None] | None:
-        if self.pending is None:
-            return None
-        step, outcome = self.pending
-        self.pending = None
-        return step, outcome.result() if isinstance(outcome, Future) else outcome
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
+    # A batch handed to the producer and not yet waited for: if the run fails now, it may land.
+    unawaited: InFlight | None = None
+    acquire_failed: bool = False
+    seconds_per_row: float | None = None  # the measured send time of a row, for the last pass
 
 
 class Relay:
@@ -134,7 +87,7 @@ class Relay:
         self,
         store: OutboxStore,
         publisher: Publisher,
-        dead_letters: DeadLetterSink,
+        dead_letters: DeadLetterSink | DeadLetterDispatch,
         metrics: Metrics,
         clock: Clock,
         settings: RelaySettings,
@@ -146,7 +99,10 @@ class Relay:
         # A second connection for the finalize, so it runs beside the next batch (optional).
         self.finalize_store = finalize_store
         self.publisher = publisher
-        self.dead_letters = dead_letters
+        # A dispatch kept by the caller across runs carries a queue outage's pause across them.
+        self.dead_letters = (
+            dead_letters if isinstance(dead_letters, DeadLetterDispatch) else DeadLetterDispatch(dead_letters)
+        )
         self.metrics = metrics
         self.clock = clock
         self.settings = settings
@@ -156,6 +112,9 @@ class Relay:
             settings.backoff_base_seconds, settings.backoff_max_seconds, settings.max_attempts
         )
         self._encode = partial(encode, settings=settings)
+        self._topic_wait = max(
+            settings.backoff_base_seconds, min(settings.backoff_max_seconds, TOPIC_WAIT_SECONDS)
+        )
 
     # --- the run ------------------------------------------------------------------------
 
@@ -195,8 +154,9 @@ class Relay:
             run.poll_until = min(
                 self.clock.monotonic() + self.settings.poll_window_seconds, run.work_deadline
             )
-        finalizer = _Finalizer(self.store, self.finalize_store)
-        previous: _Pass | None = None  # the batch being finalized: its rows are still PENDING
+        finalizer = Finalizer(self.store, self.finalize_store)
+        self.publisher.new_run()
+        previous: Batch | None = None  # the batch being finalized: its rows are still PENDING
         try:
             while True:
                 active = sorted(s for s in run.owned if not run.sweeps[s].idle)
@@ -211,19 +171,25 @@ class Relay:
                 if budget == 0:
                     summary.stopped_by = "max_events"
                     break
-                if self.clock.monotonic() + MIN_PASS_SECONDS >= run.work_deadline:
+                started = self.clock.monotonic()
+                if started + MIN_PASS_SECONDS >= run.work_deadline:
                     summary.stopped_by = "deadline"
                     break
-                batch, selection = self._read(active, run.sweeps, budget, previous)
-                in_flight = self.publisher.send([m for _, m in selection.sendable], run.work_deadline)
+                batch, selection, found = self._read(active, run, budget, previous)
+                run.unawaited = self.publisher.send([m for _, m in selection.sendable], run.work_deadline)
                 just_finalized = self._join(finalizer, run, summary)
-                step = self._settle(selection, in_flight.wait(run.work_deadline), run)
+                results = run.unawaited.wait(run.work_deadline)
+                run.unawaited = None
+                if selection.sendable:
+                    self._measure(run, started, len(selection.sendable))
+                step = self._settle(selection, results, run)
+                summary.topic_unavailable += step.topic_waits
                 # A shard with rows in flight is read again once they are finalized: only then
                 # can it tell what is left.
-                self._advance(
-                    batch, run.sweeps, self._page(len(active)), set(step.in_flight) | just_finalized
-                )
-                summary.passes += 1
+                progress = set(step.in_flight) | just_finalized | selection.deferred
+                advance(batch, run.sweeps, self._page(len(active)), progress, found)
+                if selection.sendable or selection.invalid:
+                    summary.passes += 1  # a poll that found nothing is not a pass
                 run.in_doubt = run.in_doubt or self.publisher.in_doubt
                 finalizer.start(run.token, run.owned, step, self._lease_seconds(run.deadline))
                 previous = step
@@ -233,18 +199,37 @@ class Relay:
                     break
         finally:
             try:
+                if run.unawaited is not None:
+                    # The run failed with a batch on the wire (a finalize or read error): wait for
+                    # it within the deadline, so what may still land is known before releasing.
+                    try:
+                        run.unawaited.wait(run.work_deadline)
+                    finally:
+                        run.in_doubt = True
                 self._join(finalizer, run, summary)
             finally:
                 finalizer.close()
-                if run.owned:
-                    # After a timed-out flush, sends may still land: keep others out for the margin.
-                    grace = self.settings.lease_margin_seconds if run.in_doubt else 0.0
-                    try:
-                        self.store.release(run.token, run.owned, grace)
-                    except StoreUnavailable:
-                        log.warning("could not release shards; their leases expire on their own")
+                self._release(run)
+                summary.blocked = blocked_of(run.sweeps.values())
 
-    def _join(self, finalizer: _Finalizer, run: _Run, summary: Summary) -> set[int]:
+    def _release(self, run: _Run) -> None:
+        if not run.owned and not run.acquire_failed:
+            return
+        # After a timed-out flush or a failed run, sends may still land: keep others out for the
+        # margin.  An acquire whose outcome is unknown releases whatever the token holds.
+        grace = self.settings.lease_margin_seconds if run.in_doubt else 0.0
+        try:
+            self.store.release(run.token, None if run.acquire_failed else run.owned, grace)
+        except StoreUnavailable:
+            log.warning("could not release shards; their leases expire on their own")
+
+    def _measure(self, run: _Run, started: float, rows: int) -> None:
+        """How long a row takes to read, send and settle: sizes the last pass of the run."""
+        per_row = max(0.0, self.clock.monotonic() - started) / rows
+        previous = run.seconds_per_row
+        run.seconds_per_row = per_row if previous is None else (previous + per_row) / 2
+
+    def _join(self, finalizer: Finalizer, run: _Run, summary: Summary) -> set[int]:
         """Wait for the batch being finalized and account for it; shards found taken over are
         dropped.  Returns the shards that batch had rows in."""
         joined = finalizer.join()
@@ -276,7 +261,7 @@ class Relay:
                 if more:
                     return True
             self.clock.sleep(min(self.settings.poll_interval_seconds, run.poll_until - now))
-            run.sweeps = {shard: _ShardSweep() for shard in run.owned}
+            run.sweeps = {shard: ShardSweep() for shard in run.owned}
             return True
         if run.owned:
             self.store.release(run.token, run.owned, 0.0)
@@ -285,47 +270,72 @@ class Relay:
         return bool(self._acquire(run, summary, limit, run.done))
 
     def _acquire(self, run: _Run, summary: Summary, limit: int, exclude: set[int]) -> list[int]:
-        more = self.store.acquire_shards(
-            run.token, self.owner, self._lease_seconds(run.deadline), limit, exclude
-        )
-        run.owned += more
-        run.sweeps.update({shard: _ShardSweep() for shard in more})
+        """Lease more shards; returns the new ones.  ``run.owned`` stays the exact list the token
+        holds (the store answers with all of them, not only the new ones)."""
+        try:
+            held = self.store.acquire_shards(
+                run.token, self.owner, self._lease_seconds(run.deadline), limit, exclude
+            )
+        except StoreUnavailable as exc:
+            run.acquire_failed = exc.reached  # some may have been taken before the failure
+            raise
+        more = sorted(set(held) - set(run.owned))
+        run.owned = sorted(set(run.owned) | set(held))
+        run.sweeps.update({shard: ShardSweep() for shard in more})
         summary.shards += len(more)
         if more:
             log.info("shards leased", extra={"shards": more, "owner": self.owner})
         return more
 
-    def _event_budget(self, summary: Summary, previous: _Pass | None) -> int | None:
+    def _event_budget(self, summary: Summary, previous: Batch | None) -> int | None:
         if self.settings.max_events is None:
             return None
         not_final = len(previous.plan.published) if previous is not None else 0
         return max(0, self.settings.max_events - summary.published - not_final)
 
     def _read(
-        self, active: list[int], sweeps: dict[int, _ShardSweep], budget: int | None, previous: _Pass | None
-    ) -> tuple[dict[int, list[OutboxRecord]], ordering.Selection]:
-        """Read each active shard's head and apply the head-of-line rule to it."""
+        self, active: list[int], run: _Run, budget: int | None, previous: Batch | None
+    ) -> tuple[dict[int, list[OutboxRecord]], ordering.Selection, set[int]]:
+        """Read each active shard's head, leaving out its blocked aggregates, and apply the
+        head-of-line rule to it.  Also returns the shards where it found more blocked aggregates."""
+        sweeps = run.sweeps
         in_flight = previous.in_flight if previous is not None else {}
-        records = self.store.read_heads(
-            {s: sweeps[s].cursor for s in active}, self._page(len(active)), in_flight
-        )
-        batch: dict[int, list[OutboxRecord]] = {s: [] for s in active}
-        for record in records:
-            batch[record.shard].append(record)
-        blocked: set[AggregateKey] = set(previous.unsettled) if previous is not None else set()
+        unsettled = previous.unsettled if previous is not None else {}
+        blocked: set[AggregateKey] = set()
+        skip: dict[int, list[AggregateKey]] = {}
         for shard in active:
+            keys = set(sweeps[shard].blocked) | unsettled.get(shard, set())
+            blocked |= keys
+            skip[shard] = sorted(keys)[:MAX_SKIPPED_KEYS]
             if sweeps[shard].cursor:
                 blocked |= self.store.pending_keys_up_to(shard, sweeps[shard].cursor)
-        cap = None if budget is None else min(budget, self.settings.batch_size)
-        return batch, ordering.select(records, blocked, self._encode, cap)
+        records = self.store.read_heads(
+            {s: sweeps[s].cursor for s in active}, self._page(len(active)), in_flight, skip
+        )
+        batch: dict[int, list[OutboxRecord]] = {s: [] for s in active}
+        found: set[int] = set()
+        for record in records:
+            batch[record.shard].append(record)
+            if not record.due and record.key not in blocked:
+                sweeps[record.shard].blocked[record.key] = f"backing off after attempt {record.attempts}"
+                found.add(record.shard)
+        cap = self.settings.batch_size if budget is None else min(budget, self.settings.batch_size)
+        return batch, ordering.select(records, blocked, self._encode, self._fit(run, cap)), found
+
+    def _fit(self, run: _Run, cap: int) -> int:
+        """Rows this pass may send: the batch, or fewer when the time left would not carry it."""
+        if run.seconds_per_row is None or run.seconds_per_row <= 0:
+            return cap
+        left = run.work_deadline - self.clock.monotonic()
+        return max(1, min(cap, int(left * PASS_TIME_SHARE / run.seconds_per_row)))
 
     def _page(self, shards: int) -> int:
         """Rows read per shard in a pass: the batch shared by the shards being read."""
         return max(1, math.ceil(self.settings.batch_size / shards))
 
-    def _settle(self, selection: ordering.Selection, results: list[SendResult], run: _Run) -> _Pass:
+    def _settle(self, selection: ordering.Selection, results: list[SendResult], run: _Run) -> Batch:
         """Turn Kafka's answers into the batch's finalize plan (dead letters sent first)."""
-        step = _Pass()
+        step = Batch()
         sent = [record for record, _ in selection.sendable]
         settled = ordering.settle(list(zip(sent, results, strict=True)))
         step.unavailable = settled.unavailable
@@ -340,7 +350,13 @@ class Relay:
                 letters.append(DeadLetter(record, reason, self._topic(record)))
             else:
                 delay = self.policy.next_delay(attempts, self.rng)
-                step.plan.retries.append(RetryDecision(record.id, delay, error, charge_attempt=True))
+                self._back_off(step, run, record, delay, error, charge=True)
+        for record, error in settled.waiting:
+            wait = max(
+                self.settings.backoff_base_seconds, min(self.settings.backoff_max_seconds, TOPIC_WAIT_SECONDS)
+            )
+            self._back_off(step, run, record, wait, error, charge=False)
+            step.topic_waits += 1
         if letters and self.clock.monotonic() < run.work_deadline:
             self._dead_letter(letters, step, run)
 
@@ -348,13 +364,21 @@ class Relay:
         for record in sent + [r for r, _ in selection.invalid]:
             step.in_flight.setdefault(record.shard, []).append(record.id)
             if record.id not in published:
-                step.unsettled.add(record.key)
+                step.unsettled.setdefault(record.shard, set()).add(record.key)
         return step
 
-    def _dead_letter(self, letters: list[DeadLetter], step: _Pass, run: _Run) -> None:
+    def _back_off(
+        self, step: Batch, run: _Run, record: OutboxRecord, delay: float, error: str, charge: bool
+    ) -> None:
+        step.plan.retries.append(RetryDecision(record.id, delay, error, charge, record.attempts))
+        sweep = run.sweeps.get(record.shard)
+        if sweep is not None:
+            sweep.blocked[record.key] = error[:300]
+
+    def _dead_letter(self, letters: list[DeadLetter], step: Batch, run: _Run) -> None:
         """Send to the DLQ first; only what it acknowledged becomes DEAD.  The rest backs off
         without an attempt charged: a dead-letter outage is not the row's fault."""
-        acks = self._send_dead_letters(letters, run)
+        acks = self.dead_letters.send(letters, self.clock, run.work_deadline)
         for letter, error in zip(letters, acks, strict=True):
             if error is None:
                 step.plan.dead.append((letter.record.id, letter.reason[:1024]))
@@ -370,82 +394,25 @@ class Relay:
                 # At least the base delay: a queue that just failed is not tried again at once.
                 jittered = self.policy.next_delay(letter.record.attempts, self.rng)
                 delay = max(self.settings.backoff_base_seconds, jittered)
-                step.plan.retries.append(
-                    RetryDecision(
-                        letter.record.id, delay, f"dead-letter queue: {error}", charge_attempt=False
-                    )
-                )
-
-    def _send_dead_letters(self, letters: list[DeadLetter], run: _Run) -> list[str | None]:
-        """The sink's answer per letter, waited for until the run's work deadline at most (the
-        finalize reserve stays free).  A send that fails as a whole pauses dead letters for
-        ``DEAD_LETTER_PAUSE_SECONDS``; meanwhile every letter gets that failure as its answer."""
-        now = self.clock.monotonic()
-        if run.dead_letters_down is not None and now < run.dead_letters_retry_at:
-            return [run.dead_letters_down] * len(letters)
-        seconds = run.work_deadline - now
-        try:
-            acks = _within(seconds, partial(self.dead_letters.send, letters))
-        except TimeoutError:
-            acks = [f"no answer within {seconds:.1f} s (the run's deadline)"] * len(letters)
-        if all(error is not None for error in acks):
-            run.dead_letters_down = acks[0]
-            run.dead_letters_retry_at = self.clock.monotonic() + DEAD_LETTER_PAUSE_SECONDS
-            log.warning("dead-letter queue unavailable", extra={"error": acks[0], "letters": len(letters)})
-        else:
-            run.dead_letters_down = None
-        return acks
+                self._back_off(step, run, letter.record, delay, f"dead-letter queue: {error}", charge=False)
 
     def _topic(self, record: OutboxRecord) -> str | None:
         try:
             return self._encode(record).topic
-        except ValueError:
+        except Exception:  # only a label for the dead letter
             return None
-
-    @staticmethod
-    def _advance(
-        by_shard: dict[int, list[OutboxRecord]],
-        sweeps: dict[int, _ShardSweep],
-        limit: int,
-        progress: set[int],
-    ) -> None:
-        """Where each shard's next read starts (see README, "Reading a shard")."""
-        for shard, rows in by_shard.items():
-            sweep = sweeps[shard]
-            if shard in progress:
-                continue  # re-read from the same place: what was finalized is gone
-            if len(rows) < limit or sweep.skipped_pages >= MAX_SKIP_PAGES:
-                sweep.idle = True  # everything left is blocked until a later run
-                continue
-            sweep.cursor = rows[-1].id  # a full page, all blocked: look past it
-            sweep.skipped_pages += 1
 
     # --- dry run ------------------------------------------------------------------------
 
     def preview(self, limit: int) -> list[tuple[OutboxRecord, str]]:
-        """What the next run would do first, row by row, without leasing, writing or sending:
-        ``publish to <topic>``, ``dead-letter: <reason>`` or why the row waits."""
-        records = self.store.read_heads(dict.fromkeys(self.store.shard_ids(), 0), limit)
-        records.sort(key=lambda r: r.id)
-        records = records[:limit]
-        selection = ordering.select(records, set(), self._encode)
-        verdicts = {r.id: f"publish to {m.topic}" for r, m in selection.sendable}
-        verdicts |= {r.id: f"dead-letter: {reason}" for r, reason in selection.invalid}
-        out: list[tuple[OutboxRecord, str]] = []
-        for record in records:
-            if record.id in verdicts:
-                out.append((record, verdicts[record.id]))
-            elif not record.due:
-                out.append((record, f"backing off (attempt {record.attempts})"))
-            else:
-                out.append((record, "waits behind an earlier event of its aggregate"))
-        return out
+        """What the next run would do first, row by row (see :func:`preview.preview`)."""
+        return preview(self.store, self._encode, limit)
 
     def _dry_run(self, summary: Summary) -> None:
-        preview = self.preview(self.settings.max_events or self.settings.batch_size)
-        summary.would_publish = sum(1 for _, verdict in preview if verdict.startswith("publish"))
+        rows = self.preview(self.settings.max_events or self.settings.batch_size)
+        summary.would_publish = sum(1 for _, verdict in rows if verdict.startswith("publish"))
         summary.stopped_by = "dry_run"
-        for record, verdict in preview:
+        for record, verdict in rows:
             if verdict.startswith("dead-letter"):
                 log.info("dry run: would dead-letter", extra={"outbox_id": record.id, "reason": verdict})
 
@@ -466,21 +433,6 @@ class Relay:
         m.count(MetricName.RETRIED, summary.retried)
         m.count(MetricName.DEAD_LETTERED, summary.dead_lettered)
         m.count(MetricName.LEASE_LOST, summary.lease_lost)
+        m.count(MetricName.TOPIC_UNAVAILABLE, summary.topic_unavailable)
         m.count(MetricName.RUN_FAILED if summary.error else MetricName.RUN_SUCCEEDED, 1)
         m.gauge(MetricName.RUN_DURATION_MS, seconds * 1000.0, "Milliseconds")
-
-
-def _within(seconds: float, call: Callable[[], T]) -> T:
-    """``call()``'s result, or :class:`TimeoutError` after ``seconds``.  The call runs in a daemon
-    thread: a blocked socket cannot be interrupted, so on a timeout it finishes there on its own
-    (its own bounds end it) and its answer is dropped; the rows it concerned stay PENDING."""
-    done: Future[T] = Future()
-
-    def work() -> None:
-        try:
-            done.set_result(call())
-        except BaseException as exc:  # handed to the waiting thread, which re-raises it
-            done.set_exception(exc)
-
-    threading.Thread(target=work, name="outbox-dead-letters", daemon=True).start()
-    return done.result(timeout=max(0.0, seconds))

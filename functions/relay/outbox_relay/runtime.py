@@ -11,6 +11,7 @@ from . import aws_clients
 from .admin_mysql import OutboxAdmin
 from .config import Config, RelaySettings
 from .db import connector
+from .dead_letters import DeadLetterDispatch
 from .deadletter_sqs import SqsDeadLetterSink
 from .kafka_auth import auth_config
 from .ports import CredentialsUnavailable, Metrics, SystemClock
@@ -20,7 +21,7 @@ from .sql import OutboxSql
 from .store_mysql import MySQLOutboxStore
 
 
-def _read_secret(arn: str, fresh: bool = False) -> str:
+def read_secret(arn: str, fresh: bool = False) -> str:
     # Powertools caches the value for 5 minutes across warm invocations.  ``fresh`` bypasses the
     # cache and refreshes it: the database refused the cached credentials (a rotation).
     # Every failure (missing, denied, throttled, unreachable) ends this run with one line; the
@@ -51,7 +52,7 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         db = config.database
-        connect = connector(db, _read_secret)
+        connect = connector(db, read_secret)
         delete_on_publish = config.retention.published_seconds == 0
         self.store = MySQLOutboxStore(
             connect, OutboxSql(db.table), db.lock_wait_timeout_seconds, delete_on_publish=delete_on_publish
@@ -61,10 +62,18 @@ class Runtime:
             connect, OutboxSql(db.table), db.lock_wait_timeout_seconds, delete_on_publish=delete_on_publish
         )
         self.publisher = KafkaPublisher(
-            config.kafka, extra_config=lambda: auth_config(config.kafka, _read_secret)
+            config.kafka, extra_config=lambda: auth_config(config.kafka, read_secret)
         )
-        # The client (bounded: aws_clients.SQS) is built on the first dead letter.
+        # The client (bounded: aws_clients.SQS) is built on the first dead letter.  The dispatch
+        # lives while warm, so a queue outage's pause carries over to the next invocations.
         self.dead_letters = SqsDeadLetterSink(aws_clients.sqs_client, config.dlq_queue_url)
+        self.dispatch = DeadLetterDispatch(self.dead_letters)
+
+    def bound(self, deadline: float) -> None:
+        """No database statement of this invocation blocks past ``deadline`` (monotonic) by more
+        than half a second, and none is retried past it."""
+        self.store.deadline = deadline
+        self.finalize_store.deadline = deadline
 
     def relay(self, settings: RelaySettings, metrics: Metrics, owner: str) -> Relay:
         self.store.check()
@@ -72,7 +81,7 @@ class Runtime:
         return Relay(
             self.store,
             self.publisher,
-            self.dead_letters,
+            self.dispatch,
             metrics,
             SystemClock(),
             settings,

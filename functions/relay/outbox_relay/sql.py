@@ -88,25 +88,34 @@ class OutboxSql:
         )
 
     def release_shards(self, count: int) -> str:
-        """Give shards back; ``%s`` grace keeps them unclaimable while sends may still land."""
+        """Give shards back; ``%s`` grace keeps them unclaimable while sends may still land.
+        ``count`` 0: every shard the token holds (after an acquire whose outcome is unknown)."""
+        only = f" AND shard IN ({_marks(count)})" if count else ""
         return (
             f"UPDATE `{self.shard_table}` SET lease_token = NULL, lease_owner = NULL,"
             " lease_until = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND"
-            f" WHERE lease_token = %s AND shard IN ({_marks(count)})"
+            f" WHERE lease_token = %s{only}"
         )
 
     # --- reading the pending head ---------------------------------------------------------
 
-    def read_heads(self, excluded: Sequence[int]) -> str:
-        """Each shard's pending rows after a cursor, in id order: one index range scan per shard
-        (``excluded[i]`` ids left out of the i-th shard's part: the rows still in flight).
+    def read_heads(self, excluded: Sequence[int], skipped: Sequence[int] | None = None) -> str:
+        """Each shard's pending rows after a cursor, in id order: one index range scan per shard.
+        ``excluded[i]`` ids are left out of the i-th shard's part (the rows still in flight), and
+        ``skipped[i]`` aggregates (blocked ones: their rows are not read at all, however many
+        pile up, so the rest of the shard is reached in one read instead of page by page).
 
-        Parameters per shard: shard, after_id, the excluded ids, limit.  ``due`` says whether
-        the row's backoff has passed.
+        Parameters per shard: shard, after_id, the excluded ids, (type, id) per skipped aggregate,
+        limit.  ``due`` says whether the row's backoff has passed.
         """
         parts = []
-        for count in excluded:
+        for n, count in enumerate(excluded):
             skip = f" AND id NOT IN ({_marks(count)})" if count else ""
+            keys = skipped[n] if skipped else 0
+            if keys:
+                # NOT (a AND b) OR ...: a form both servers push down into the index scan.
+                pairs = " OR ".join(["(aggregate_type = %s AND aggregate_id = %s)"] * keys)
+                skip += f" AND NOT ({pairs})"
             parts.append(
                 f"(SELECT {ROW_COLUMNS}, available_at <= UTC_TIMESTAMP(6) AS due FROM `{self.table}`"
                 f" WHERE shard = %s AND status = 'PENDING' AND id > %s{skip} ORDER BY id LIMIT %s)"
@@ -143,11 +152,13 @@ class OutboxSql:
         )
 
     def schedule_retry(self, shards: int) -> str:
-        """Parameters: attempts increment (0 or 1), delay µs, error, id, then shards."""
+        """Parameters: attempts increment (0 or 1), delay µs, error, id, the attempts the relay
+        read, then shards.  The attempts guard makes the charge idempotent: a finalize re-run
+        after a COMMIT whose answer was lost finds the count already moved and charges nothing."""
         return (
             f"UPDATE `{self.table}` SET attempts = attempts + %s,"
             " available_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND, last_error = %s"
-            f" WHERE status = 'PENDING' AND id = %s AND shard IN ({_marks(shards)})"
+            f" WHERE status = 'PENDING' AND id = %s AND attempts = %s AND shard IN ({_marks(shards)})"
         )
 
     def mark_dead(self, shards: int) -> str:
@@ -165,6 +176,10 @@ class OutboxSql:
             f"SELECT COUNT(*), MIN(id) FROM `{self.table}`"
             f" WHERE status = 'PENDING' AND shard IN ({_marks(shards)})"
         )
+
+    def dead_count(self, shards: int) -> str:
+        """DEAD rows, one range of the shard index per shard (no row is read): the janitor's gauge."""
+        return f"SELECT COUNT(*) FROM `{self.table}` WHERE shard IN ({_marks(shards)}) AND status = 'DEAD'"
 
     @property
     def age_of(self) -> str:
@@ -291,9 +306,19 @@ class OutboxSql:
 
 @dataclass(frozen=True)
 class ProcessedEventsSql:
-    """The consumer's de-duplication table (in the consumer's own database)."""
+    """The consumer's de-duplication table (in the consumer's own database).
+
+    Keyed on ``(scope, event_id)``, both VARBINARY: compared byte for byte, so no collation
+    (case folding, PAD SPACE ignoring trailing blanks) and no charset conversion can make two
+    distinct ids equal.  The consumer validates both to fit before inserting: nothing is ever
+    truncated, whatever the session's sql_mode.
+    """
 
     table: str = "processed_events"
+
+    # Column limits; the consumer validates against them (not dataclass fields: unannotated).
+    EVENT_ID_BYTES = 36  # the outbox's event_id is CHAR(36) ascii: every relayed id fits
+    SCOPE_BYTES = 249  # a Kafka topic name (the default scope) fits
 
     def __post_init__(self) -> None:
         if not valid_identifier(self.table):
@@ -303,20 +328,22 @@ class ProcessedEventsSql:
     def create(self) -> str:
         return (
             f"CREATE TABLE IF NOT EXISTS `{self.table}` ("
-            " event_id CHAR(36) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,"
+            f" scope VARBINARY({self.SCOPE_BYTES}) NOT NULL,"
+            f" event_id VARBINARY({self.EVENT_ID_BYTES}) NOT NULL,"
             " topic VARCHAR(249) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,"
             " kafka_partition INT NOT NULL, kafka_offset BIGINT NOT NULL,"
             " processed_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),"
+            " PRIMARY KEY (scope, event_id),"
             " KEY ix_processed_at (processed_at)) ENGINE = InnoDB"
         )
 
     @property
     def claim(self) -> str:
-        """Affected rows 0 = already processed (or being processed by a transaction that then
-        commits: the insert waits for it on the primary key)."""
+        """A plain INSERT: duplicate key (1062) = already processed, or being processed by a
+        transaction that then commits (the insert waits for it on the primary key)."""
         return (
-            f"INSERT IGNORE INTO `{self.table}` (event_id, topic, kafka_partition, kafka_offset)"
-            " VALUES (%s, %s, %s, %s)"
+            f"INSERT INTO `{self.table}` (scope, event_id, topic, kafka_partition, kafka_offset)"
+            " VALUES (%s, %s, %s, %s, %s)"
         )
 
     @property
@@ -324,6 +351,55 @@ class ProcessedEventsSql:
         return (
             f"DELETE FROM `{self.table}` WHERE processed_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
             " ORDER BY processed_at LIMIT %s"
+        )
+
+    # --- upgrading a table made by the first layout: event_id CHAR(36) ascii PRIMARY KEY --
+    # Each step is idempotent, so an upgrade cut off half-way (DDL is not transactional)
+    # completes when ensure_table runs again.
+
+    @property
+    def primary_key_columns(self) -> str:
+        """Parameter: the table name.  The primary key's columns, in key order."""
+        return (
+            "SELECT COLUMN_NAME FROM information_schema.STATISTICS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY'"
+            " ORDER BY SEQ_IN_INDEX"
+        )
+
+    @property
+    def column_types(self) -> str:
+        """Parameter: the table name.  Each column's name and type, e.g. ``varbinary(36)``."""
+        return (
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
+        )
+
+    @property
+    def add_scope(self) -> str:
+        """'' marks a row not yet given its scope ('' is never a valid scope)."""
+        return (
+            f"ALTER TABLE `{self.table}`"
+            f" ADD COLUMN scope VARBINARY({self.SCOPE_BYTES}) NOT NULL DEFAULT '' FIRST"
+        )
+
+    @property
+    def scope_from_topic(self) -> str:
+        """Old rows get the default scope, their topic (old event ids were unique table-wide,
+        so the new keys are unique too)."""
+        return f"UPDATE `{self.table}` SET scope = topic WHERE scope = ''"
+
+    @property
+    def scope_fixed(self) -> str:
+        """Parameter: the consumer's configured scope, for every old row."""
+        return f"UPDATE `{self.table}` SET scope = %s WHERE scope = ''"
+
+    @property
+    def rekey(self) -> str:
+        """The new key and exact byte comparison; scope loses its '' default (always given)."""
+        return (
+            f"ALTER TABLE `{self.table}` MODIFY scope VARBINARY({self.SCOPE_BYTES}) NOT NULL,"
+            f" MODIFY event_id VARBINARY({self.EVENT_ID_BYTES}) NOT NULL,"
+            " DROP PRIMARY KEY, ADD PRIMARY KEY (scope, event_id)"
         )
 
 

@@ -37,6 +37,12 @@ CONNECTION_LOST = frozenset({2003, 2006, 2013, 2014, 2055, 1053, 1927, 4031})
 # (InnoDB refusing a row write under innodb_read_only), 1792 ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION.
 READ_ONLY = frozenset({1290, 1836, 1874, 1036, 1792})
 RETRIES = 4
+# A statement may not block longer than this (the connection's own read/write timeout) ...
+STATEMENT_TIMEOUT_SECONDS = 30.0
+# ... nor, when the store is bound to a deadline, past it by more than this (the handler's stop
+# margin is 1 s: what the Lambda keeps after the deadline for its last statements).
+PAST_DEADLINE_SECONDS = 0.5
+ACQUIRE_LOCK_WAIT_SECONDS = 1
 
 Connect: TypeAlias = "Callable[[], pymysql.connections.Connection[Any]]"
 
@@ -95,6 +101,8 @@ class MySQLOutboxStore:
         self._lock_wait = lock_wait_timeout_seconds
         self._conn: pymysql.connections.Connection[Any] | None = None
         self._shards: list[int] | None = None
+        # Monotonic seconds: statements and retries end by then (plus PAST_DEADLINE_SECONDS).
+        self.deadline: float | None = None
 
     # --- connection handling ------------------------------------------------------------
 
@@ -135,11 +143,15 @@ class MySQLOutboxStore:
         invocation connects anew."""
         last: Exception | None = None
         read_only_seen = False
+        reached = False  # did any attempt get a connection (so ``work`` may have run in part)?
         for attempt in range(RETRIES):
             try:
-                return work(self._connection())
+                conn = self._connection()
+                reached = True
+                self._bound(conn)
+                return work(conn)
             except CredentialsUnavailable as exc:  # the password's secret: retrying now fails alike
-                raise StoreUnavailable(f"{what}: {exc}") from exc
+                raise StoreUnavailable(f"{what}: {exc}", reached) from exc
             except (pymysql.err.MySQLError, OSError) as exc:
                 last = exc
                 step = recovery(exc)
@@ -147,18 +159,31 @@ class MySQLOutboxStore:
                     self.rollback()
                 elif step is Recovery.FAIL:
                     self.rollback()
-                    raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
+                    raise StoreUnavailable(f"{what}: {_describe(exc)}", reached) from exc
                 else:
                     self.close()
                     if step is Recovery.RECONNECT_ONCE:
                         if read_only_seen:
-                            raise StoreUnavailable(f"{what}: {_describe(exc)}") from exc
+                            raise StoreUnavailable(f"{what}: {_describe(exc)}", reached) from exc
                         read_only_seen = True
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                break  # no retry past the deadline: the invocation is about to end
             log.warning(
                 "database retry", extra={"operation": what, "attempt": attempt + 1, "error": _describe(last)}
             )
             time.sleep(random.uniform(0.0, 0.05 * 2**attempt))
-        raise StoreUnavailable(f"{what}: {_describe(last)}")
+        raise StoreUnavailable(f"{what}: {_describe(last)}", reached)
+
+    def _bound(self, conn: pymysql.connections.Connection[Any]) -> None:
+        """Cap the socket timeouts of the next statements by the deadline.  PyMySQL applies its
+        read/write timeouts before every packet, so setting them here bounds what follows."""
+        seconds = STATEMENT_TIMEOUT_SECONDS
+        if self.deadline is not None:
+            left = self.deadline + PAST_DEADLINE_SECONDS - time.monotonic()
+            seconds = min(seconds, max(PAST_DEADLINE_SECONDS, left))
+        # PyMySQL has no public setter for them.
+        setattr(conn, "_read_timeout", seconds)  # noqa: B010
+        setattr(conn, "_write_timeout", seconds)  # noqa: B010
 
     def rollback(self) -> None:
         if self._conn is not None:
@@ -189,43 +214,66 @@ class MySQLOutboxStore:
                 free = [int(row[0]) for row in cur.fetchall() if int(row[0]) not in exclude]
                 random.shuffle(free)  # concurrent invocations spread over the shards
                 taken = 0
-                for shard in free:
-                    if limit and taken >= limit:
-                        break
-                    taken += cur.execute(self.sql.acquire_shard, (token, owner, micros(lease_seconds), shard))
+                # A free shard's row is locked only by its expired holder's last finalize (a few
+                # ms): wait briefly, then leave that shard for later and take the others.
+                cur.execute(SESSION_SETUP[2], (ACQUIRE_LOCK_WAIT_SECONDS,))
+                try:
+                    for shard in free:
+                        if limit and taken >= limit:
+                            break
+                        try:
+                            lease = (token, owner, micros(lease_seconds), shard)
+                            taken += cur.execute(self.sql.acquire_shard, lease)
+                        except pymysql.err.OperationalError as exc:
+                            if error_code(exc) not in (LOCK_WAIT_TIMEOUT, DEADLOCK):
+                                raise
+                            log.info("shard busy, skipped", extra={"shard": shard})
+                finally:
+                    cur.execute(SESSION_SETUP[2], (self._lock_wait,))
                 # Authoritative even when an acquire's outcome was lost with the connection.
                 cur.execute(self.sql.owned_shards, (token,))
                 return [int(row[0]) for row in cur.fetchall()]
 
         return self.run(work, "acquire shards")
 
-    def release(self, token: bytes, shards: Sequence[int], grace_seconds: float) -> None:
-        if not shards:
+    def release(self, token: bytes, shards: Sequence[int] | None, grace_seconds: float) -> None:
+        if shards is not None and not shards:
             return
+        listed = list(shards or ())
 
         def work(conn: pymysql.connections.Connection[Any]) -> None:
             with conn.cursor() as cur:
-                cur.execute(self.sql.release_shards(len(shards)), (micros(grace_seconds), token, *shards))
+                cur.execute(self.sql.release_shards(len(listed)), (micros(grace_seconds), token, *listed))
 
         self.run(work, "release shards")
 
     # --- reading ------------------------------------------------------------------------
 
     def read_heads(
-        self, cursors: Mapping[int, int], limit: int, exclude: Mapping[int, Sequence[int]] | None = None
+        self,
+        cursors: Mapping[int, int],
+        limit: int,
+        exclude: Mapping[int, Sequence[int]] | None = None,
+        skip: Mapping[int, Collection[AggregateKey]] | None = None,
     ) -> list[OutboxRecord]:
         if not cursors:
             return []
-        params: list[int] = []
+        params: list[int | str] = []
         excluded: list[int] = []
+        skipped: list[int] = []
         for shard, after in cursors.items():
-            skip = (exclude or {}).get(shard, ())
-            params += (shard, after, *skip, limit)
-            excluded.append(len(skip))
+            ids = (exclude or {}).get(shard, ())
+            keys = (skip or {}).get(shard, ())
+            params += (shard, after, *ids)
+            for aggregate_type, aggregate_id in keys:
+                params += (aggregate_type, aggregate_id)
+            params.append(limit)
+            excluded.append(len(ids))
+            skipped.append(len(keys))
 
         def work(conn: pymysql.connections.Connection[Any]) -> list[OutboxRecord]:
             with conn.cursor() as cur:
-                cur.execute(self.sql.read_heads(excluded), params)
+                cur.execute(self.sql.read_heads(excluded, skipped), params)
                 rows = cur.fetchall()
             return [
                 OutboxRecord(
@@ -308,6 +356,7 @@ class MySQLOutboxStore:
                                 micros(d.delay_seconds),
                                 d.error[:1024],
                                 d.record_id,
+                                d.attempts,
                                 *kept,
                             ),
                         )
