@@ -275,6 +275,22 @@ def test_a_finalize_failure_with_a_batch_on_the_wire_releases_with_grace(
 
     finalize_store.finalize = finalize  # type: ignore[method-assign,assignment]
     publisher = KafkaPublisher(config.kafka)
+    handed: list[Any] = []
+    send = publisher.send
+
+    class Watched:
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.waited = inner, False
+
+        def wait(self, deadline: float) -> Any:
+            self.waited = True
+            return self.inner.wait(deadline)
+
+    def watched_send(messages: Any, deadline: float) -> Any:
+        handed.append(Watched(send(messages, deadline)))
+        return handed[-1]
+
+    publisher.send = watched_send  # type: ignore[method-assign]
     relay = Relay(
         store_for(relay_env),
         publisher,
@@ -289,6 +305,7 @@ def test_a_finalize_failure_with_a_batch_on_the_wire_releases_with_grace(
     finally:
         publisher.close()
     assert summary.stopped_by == "database_unavailable", summary
+    assert len(handed) >= 3 and all(batch.waited for batch in handed), "a batch was left on the wire"
     ((fenced,),) = database.query(
         "SELECT COUNT(*) FROM outbox_shard WHERE lease_token IS NULL AND lease_until > UTC_TIMESTAMP(6)"
     )
@@ -343,3 +360,34 @@ def test_a_database_statement_never_blocks_past_the_deadline(
     seconds = time.monotonic() - started
     assert seconds < 2.5, f"blocked {seconds:.1f} s for a deadline 1 s away"
     store.close()
+
+
+def test_an_aggregate_whose_backoff_ends_during_the_run_is_sent_in_that_run(
+    database: support.Database, relay_env: dict[str, str]
+) -> None:
+    """A block lasts as long as the head's backoff, not the run: once due, the aggregate is read
+    and sent again while the run still has other work."""
+    from tests.integration.test_relay_rules import ScriptedPublisher, make_relay
+
+    hog = same_shard("a-1", 1, "other")[0]
+    database.insert([support.Event("order", "a-1", "Changed", b"{}", seq=n) for n in (1, 2, 3)])
+    database.insert([support.Event("order", hog, "Changed", b"{}", seq=n) for n in range(1, 6001)])
+    ((first,),) = database.query("SELECT MIN(id) FROM outbox WHERE aggregate_id = 'a-1'")
+    failed: set[int] = set()
+
+    def script(message: Any) -> Any:
+        from outbox_relay.model import Delivery
+
+        if message.record_id == first and first not in failed:
+            failed.add(first)
+            return Delivery.RETRY
+        return Delivery.DELIVERED
+
+    relay = make_relay(
+        relay_env, ScriptedPublisher(script), batch_size=50, backoff_base_seconds=0.2, backoff_max_seconds=0.2
+    )
+    summary = relay.run(time.monotonic() + 30)
+
+    assert failed == {first}
+    assert summary.published == 6003 and summary.retried == 1, summary
+    assert database.status_counts() == {"PUBLISHED": 6003}

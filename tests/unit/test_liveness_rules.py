@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outbox_relay import ordering
+from outbox_relay import dead_letters, ordering
 from outbox_relay.config import RelaySettings, check_topic_template
 from outbox_relay.dead_letters import DeadLetterDispatch
 from outbox_relay.messages import InvalidEvent, encode, legal_topic
 from outbox_relay.model import DeadLetter, Delivery, Message, OutboxRecord, SendResult
 from outbox_relay.ports import DeadLetterQueueDown
-from outbox_relay.shard_sweep import MAX_SKIP_PAGES, MAX_SKIPPED_KEYS, ShardSweep, advance
+from outbox_relay.shard_sweep import MAX_SKIP_PAGES, MAX_SKIPPED_KEYS, Block, ShardSweep, advance
 
 SETTINGS = RelaySettings()
 
@@ -89,9 +89,14 @@ def test_encode_raises_nothing_but_invalid_event_whatever_the_row_holds(
 # --- topics ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["__consumer_offsets", "__transaction_state", "__anything"])
-def test_reserved_topic_names_are_not_legal(name: str) -> None:
+@pytest.mark.parametrize("name", ["__consumer_offsets", "__transaction_state", "__cluster_metadata"])
+def test_kafkas_internal_topics_are_not_legal(name: str) -> None:
     assert not legal_topic(name)
+
+
+@pytest.mark.parametrize("name", ["__debezium-heartbeat.orders", "__amazon_msk_canary", "_private"])
+def test_other_names_starting_with_underscores_are_ordinary_topics(name: str) -> None:
+    assert legal_topic(name)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +104,7 @@ def test_reserved_topic_names_are_not_legal(name: str) -> None:
     [
         ("orders events.{aggregate_type}", "outside the fields"),
         ("outbox/{aggregate_type}", "outside the fields"),
-        ("__{aggregate_type}", "reserves for internal topics"),
+        ("__consumer_offsets", "not a legal Kafka topic name"),
         ("x" * 250 + "{event_type}", "Kafka allows 249"),
         ("..", "not a legal Kafka topic name"),
     ],
@@ -133,36 +138,55 @@ def test_rows_left_by_the_pass_limit_are_deferred_not_blocked() -> None:
     assert selection.deferred == {2, 3}
 
 
+BLOCK = Block("backing off", until=1e12)
+
+
 def test_a_full_page_of_newly_blocked_rows_is_read_again_leaving_them_out() -> None:
-    sweeps = {0: ShardSweep(blocked={("t", "A"): "backing off"})}
-    advance({0: [rec(n) for n in range(1, 11)]}, sweeps, limit=10, progress=set(), found={0})
+    sweeps = {0: ShardSweep(blocked={("t", "A"): BLOCK})}
+    advance({0: [rec(n) for n in range(1, 11)]}, sweeps, limit=10, progress=set(), found={0}, in_flight={})
     assert sweeps[0].cursor == 0 and not sweeps[0].idle and sweeps[0].skipped_pages == 1
 
 
 def test_past_the_skip_list_limit_the_read_pages_on() -> None:
-    blocked = {("t", f"a{n}"): "backing off" for n in range(MAX_SKIPPED_KEYS + 1)}
+    blocked = {("t", f"a{n}"): BLOCK for n in range(MAX_SKIPPED_KEYS + 1)}
     sweeps = {0: ShardSweep(blocked=blocked)}
-    advance({0: [rec(n) for n in range(1, 11)]}, sweeps, limit=10, progress=set(), found={0})
+    advance({0: [rec(n) for n in range(1, 11)]}, sweeps, limit=10, progress=set(), found={0}, in_flight={})
     assert sweeps[0].cursor == 10
 
 
 def test_a_full_page_with_nothing_new_to_skip_pages_on_and_a_short_one_ends_the_shard() -> None:
     sweeps = {0: ShardSweep(), 1: ShardSweep()}
-    advance(
-        {0: [rec(n) for n in range(1, 11)], 1: [rec(20, shard=1)]},
-        sweeps,
-        limit=10,
-        progress=set(),
-        found=set(),
-    )
+    pages = {0: [rec(n) for n in range(1, 11)], 1: [rec(20, shard=1)]}
+    advance(pages, sweeps, limit=10, progress=set(), found=set(), in_flight={})
     assert sweeps[0].cursor == 10 and not sweeps[0].idle
     assert sweeps[1].idle
 
 
 def test_a_shard_gives_up_for_the_run_after_max_skip_pages() -> None:
     sweeps = {0: ShardSweep(skipped_pages=MAX_SKIP_PAGES)}
-    advance({0: [rec(n) for n in range(1, 11)]}, sweeps, limit=10, progress=set(), found={0})
+    advance({0: [rec(n) for n in range(1, 11)]}, sweeps, limit=10, progress=set(), found={0}, in_flight={})
     assert sweeps[0].idle
+
+
+def test_a_busy_shard_steps_over_the_blocked_rows_its_page_starts_with_but_not_past_a_row_in_flight() -> None:
+    sweeps = {0: ShardSweep(blocked={("t", "B"): BLOCK})}
+    page = [rec(1, "B"), rec(2, "B"), rec(3, "A"), rec(4, "B")]
+    advance({0: page}, sweeps, limit=10, progress={0}, found=set(), in_flight={0: [3]})
+    assert sweeps[0].cursor == 2
+    sweeps = {0: ShardSweep(blocked={("t", "B"): BLOCK})}
+    advance({0: page}, sweeps, limit=10, progress={0}, found=set(), in_flight={0: [2]})
+    assert sweeps[0].cursor == 1, "a row in flight (here of a blocked aggregate) is never stepped over"
+
+
+def test_a_block_ends_when_its_head_is_due_and_the_shard_is_read_from_its_start() -> None:
+    sweep = ShardSweep(cursor=40, skipped_pages=3, idle=True)
+    sweep.block(("t", "A"), "backing off", until=10.0)
+    sweep.block(("t", "B"), "topic missing", until=99.0)
+    sweep.expire(5.0)
+    assert set(sweep.blocked) == {("t", "A"), ("t", "B")} and sweep.cursor == 40 and sweep.idle
+    sweep.expire(10.0)
+    assert set(sweep.blocked) == {("t", "B")}
+    assert (sweep.cursor, sweep.skipped_pages, sweep.idle) == (0, 0, False)
 
 
 # --- the dead-letter queue ------------------------------------------------------------------
@@ -221,9 +245,18 @@ def test_letters_refused_one_by_one_pause_nothing() -> None:
     assert sink.calls == 2 and dispatch.down is None
 
 
-def test_a_stalled_queue_is_waited_for_until_the_deadline_only() -> None:
+def test_with_too_little_time_left_no_letter_is_sent_and_nothing_pauses() -> None:
+    clock, sink = FakeClock(), Sink("ok")
+    dispatch = DeadLetterDispatch(sink)
+    acks = dispatch.send(LETTERS, clock, clock.now + dead_letters.MIN_SEND_SECONDS / 2)
+    assert sink.calls == 0 and dispatch.down is None
+    assert all(a is not None and "no time left" in a for a in acks)
+
+
+def test_a_stalled_queue_is_waited_for_until_the_deadline_only(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
+    monkeypatch.setattr(dead_letters, "MIN_SEND_SECONDS", 0.1)
     sink = Sink("stall")
     dispatch = DeadLetterDispatch(sink)
     started = time.monotonic()

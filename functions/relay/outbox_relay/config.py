@@ -22,6 +22,11 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL")
 SASL_MECHANISMS = ("OAUTHBEARER", "SCRAM-SHA-512")
 COMPRESSION_TYPES = ("none", "gzip", "lz4", "zstd", "snappy")
 DB_TLS_MODES = ("off", "required", "verify")
+# Kafka's own topics: writing events there would corrupt the cluster's state.  Other names that
+# start with "__" (Debezium's heartbeat topics, MSK's canary) are ordinary topics.
+INTERNAL_TOPICS = frozenset(
+    {"__consumer_offsets", "__transaction_state", "__cluster_metadata", "__share_group_state"}
+)
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]")
 
 
@@ -34,6 +39,8 @@ class RelaySettings:
     """Knobs of the relay core.  Defaults are safe for a 1-minute schedule."""
 
     batch_size: int = 2000
+    # Bodies (payload + headers) one pass may hold, whatever the rows: memory bounded by bytes.
+    max_batch_bytes: int = 8 * 1024 * 1024
     max_attempts: int = 10
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 900.0
@@ -178,9 +185,7 @@ def check_topic_template(template: str) -> str | None:
         return f"has {''.join(bad)!r} outside the fields; Kafka topic names allow only [A-Za-z0-9._-]"
     if len(literal) > 249:
         return f"is {len(literal)} characters without its fields; Kafka allows 249"
-    if literal.startswith("__"):
-        return "starts with '__', which Kafka reserves for internal topics"
-    if not any(name for _, name, _, _ in fields) and literal in (".", ".."):
+    if not any(name for _, name, _, _ in fields) and (literal in (".", "..") or literal in INTERNAL_TOPICS):
         return "is not a legal Kafka topic name"
     return None
 
@@ -305,6 +310,9 @@ def _relay(r: _Reader) -> RelaySettings:
         r.problems.append("OUTBOX_BACKOFF_MAX_SECONDS must be at least OUTBOX_BACKOFF_BASE_SECONDS")
     return RelaySettings(
         batch_size=r.number("OUTBOX_BATCH_SIZE", 2000, int, 1, 10_000),
+        max_batch_bytes=r.number(
+            "OUTBOX_MAX_BATCH_BYTES", 8 * 1024 * 1024, int, 64 * 1024, 256 * 1024 * 1024
+        ),
         max_attempts=r.number("OUTBOX_MAX_ATTEMPTS", 10, int, 1, 1000),
         backoff_base_seconds=base,
         backoff_max_seconds=cap,

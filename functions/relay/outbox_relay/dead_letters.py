@@ -33,6 +33,9 @@ T = TypeVar("T")
 # letters are sent for this long: shorter than the schedule's minute, so the next scheduled run
 # tries again.  A letter refused on its own (its content) pauses nothing.
 DEAD_LETTER_PAUSE_SECONDS = 45.0
+# A send is not started with less time than this left (the SQS client is built on the first
+# letter, and one request takes a round trip): running out of time is not an outage to pause for.
+MIN_SEND_SECONDS = 1.0
 
 
 class DeadLetterDispatch:
@@ -50,6 +53,8 @@ class DeadLetterDispatch:
         if self.down is not None and now < self.retry_at:
             return [f"paused after: {self.down}"] * len(letters)
         seconds = deadline - now
+        if seconds < MIN_SEND_SECONDS:
+            return [f"no time left to send before the run's deadline ({seconds:.1f} s)"] * len(letters)
         down: str | None = None
         try:
             acks = within(seconds, partial(self.sink.send, letters))

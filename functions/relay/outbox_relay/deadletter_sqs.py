@@ -170,9 +170,12 @@ def dead_letter_body(letter: DeadLetter, max_bytes: int) -> str:
             "reason": letter.reason,
             "headers": record.headers,
             "seq": record.seq,
-            "payload_bytes": len(record.payload),
+            "payload_bytes": record.payload_bytes,
         }
-        if len(record.payload) <= max_bytes:  # as text or base64 it is no smaller
+        if not record.loaded:  # too large to read with its page, or over the limit: never loaded
+            body.pop("headers")
+            body["headers_omitted"] = "not loaded; the DEAD row keeps them"
+        if record.loaded and len(record.payload) <= max_bytes:  # as text or base64 it is no smaller
             try:
                 # Strict UTF-8: it refuses encoded surrogates, so a decoded payload is valid text.
                 body["payload"] = record.payload.decode("utf-8")

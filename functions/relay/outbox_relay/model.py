@@ -12,6 +12,18 @@ AggregateKey = tuple[str, str]
 # Blocked aggregates a run's summary names (``blocked_aggregates`` counts them all).
 BLOCKED_LISTED = 20
 
+# What a row's content can make encoding or sending raise (bad values, bad unicode, nesting past
+# the recursion limit, numbers out of range): that row is dead-lettered or charged, and the run
+# goes on.  Anything else is a bug, and a bug must not dead-letter the whole outbox row by row:
+# it ends the run instead.
+CONTENT_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    LookupError,
+    RecursionError,
+    OverflowError,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRecord:
@@ -29,10 +41,28 @@ class OutboxRecord:
     attempts: int
     shard: int
     due: bool
+    # Sizes as stored, in bytes (None: the size of what is here).  A read leaves large bodies
+    # out (``loaded`` False: ``payload`` is b"" and ``headers`` None) so memory is bounded by
+    # bytes; the relay loads them for the rows it sends, within the pass's byte budget.
+    payload_size: int | None = None
+    headers_size: int | None = None
+    loaded: bool = True
+    # Until ``due``: how long its backoff has left, by the database clock, when it was read.
+    wait_seconds: float = 0.0
 
     @property
     def key(self) -> AggregateKey:
         return (self.aggregate_type, self.aggregate_id)
+
+    @property
+    def payload_bytes(self) -> int:
+        return len(self.payload) if self.payload_size is None else self.payload_size
+
+    @property
+    def body_bytes(self) -> int:
+        """What sending the row holds in memory: its payload and its extra headers."""
+        headers = len(self.headers or "") if self.headers_size is None else self.headers_size
+        return self.payload_bytes + headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ Pure functions over rows in id order; the relay core feeds them and acts on what
 * **Head-of-line (per aggregate only).** A row is sent only if every earlier pending row of its
   aggregate is being sent before it in the same pass.  A row in backoff blocks its aggregate, and
   nothing else; an invalid row ends its aggregate's run in this pass (it is dead-lettered first).
+* **Bounded by bytes.** A pass takes rows up to a byte budget as well as a row count; a row left
+  out by either is deferred to a later pass (its aggregate waits), never skipped.
 * **A row costs at most its own aggregate.** Whatever a row holds, failing to encode it
   dead-letters that row (with the reason) and blocks its aggregate for the pass; it never ends
   the pass or the run.
@@ -19,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .messages import InvalidEvent
-from .model import AggregateKey, Delivery, Message, OutboxRecord, SendResult
+from .messages import BodyNotLoaded, InvalidEvent
+from .model import CONTENT_ERRORS, AggregateKey, Delivery, Message, OutboxRecord, SendResult
 
 
 @dataclass(slots=True)
@@ -38,33 +40,45 @@ def select(
     blocked: set[AggregateKey],
     encode: Callable[[OutboxRecord], Message],
     limit: int | None = None,
+    byte_budget: int | None = None,
+    weigh: Callable[[OutboxRecord], int] = lambda r: r.body_bytes,
 ) -> Selection:
     """Apply the head-of-line rule to ``records`` (id order per aggregate).
 
     ``blocked`` holds aggregates that already have an earlier unsent pending row; it is extended
-    in place.  At most ``limit`` rows are selected; the rest are left for a later pass.
+    in place.  At most ``limit`` rows, weighing at most ``byte_budget`` together (``weigh``: the
+    bytes a row holds in memory; but at least one row, whatever its weight), are selected; the
+    rest are left for a later pass (``deferred``).
     """
     out = Selection()
+    taken = 0
     for record in records:
         if record.key in blocked:
             continue
         if not record.due:
             blocked.add(record.key)
             continue
-        if limit is not None and len(out.sendable) + len(out.invalid) >= limit:
+        weight = weigh(record)
+        full = limit is not None and len(out.sendable) + len(out.invalid) >= limit
+        if full or (byte_budget is not None and taken and taken + weight > byte_budget):
             blocked.add(record.key)
             out.deferred.add(record.shard)
             continue
         try:
             out.sendable.append((record, encode(record)))
+        except BodyNotLoaded:  # not loaded this pass: it waits, and so does its aggregate
+            blocked.add(record.key)
+            out.deferred.add(record.shard)
+            continue
         except InvalidEvent as exc:
             out.invalid.append((record, str(exc)))
             blocked.add(record.key)
-        except Exception as exc:  # a row costs at most its own aggregate
-            # Whatever the content makes encoding raise (deep nesting, bad unicode, a bug), the
-            # row is dead-lettered with the reason and the run goes on.
+        except CONTENT_ERRORS as exc:  # a row costs at most its own aggregate
+            # Whatever the content makes encoding raise (deep nesting, bad unicode, a value out
+            # of range), the row is dead-lettered with the reason and the run goes on.
             out.invalid.append((record, f"cannot encode the row: {type(exc).__name__}: {exc}"[:500]))
             blocked.add(record.key)
+        taken += weight
     return out
 
 

@@ -57,6 +57,11 @@ class OutboxStore(Protocol):
         ``skip`` (blocked ones)."""
         ...
 
+    def load_bodies(self, ids: Sequence[int]) -> dict[int, tuple[bytes, str | None]]:
+        """``(payload, headers)`` of the rows whose bodies ``read_heads`` left out; ids of rows no
+        longer pending are absent."""
+        ...
+
     def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
         """Aggregates of ``shard`` that still have a pending row with id ≤ ``max_id``."""
         ...

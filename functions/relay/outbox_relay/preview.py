@@ -5,27 +5,36 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import ordering
-from .model import Message, OutboxRecord
+from .bodies import weigh, with_bodies
+from .config import RelaySettings
+from .model import AggregateKey, Message, OutboxRecord
 from .ports import OutboxStore
 
 
 def preview(
-    store: OutboxStore, encode: Callable[[OutboxRecord], Message], limit: int
+    store: OutboxStore, encode: Callable[[OutboxRecord], Message], limit: int, settings: RelaySettings
 ) -> list[tuple[OutboxRecord, str]]:
     """The first ``limit`` pending rows (lowest ids of every shard's head) and each one's verdict:
     ``publish to <topic>``, ``dead-letter: <reason>``, or why the row waits."""
     records = store.read_heads(dict.fromkeys(store.shard_ids(), 0), limit)
     records.sort(key=lambda r: r.id)
-    records = records[:limit]
-    selection = ordering.select(records, set(), encode)
+    size, largest = settings.max_batch_bytes, settings.max_message_bytes
+    records = with_bodies(store, records[:limit], set(), None, size, largest)
+    selection = ordering.select(records, set(), encode, None, size, weigh(largest))
     verdicts = {r.id: f"publish to {m.topic}" for r, m in selection.sendable}
     verdicts |= {r.id: f"dead-letter: {reason}" for r, reason in selection.invalid}
     out: list[tuple[OutboxRecord, str]] = []
+    waiting: set[AggregateKey] = set()  # aggregates with an earlier row that does not go now
     for record in records:
-        if record.id in verdicts:
-            out.append((record, verdicts[record.id]))
-        elif not record.due:
-            out.append((record, f"backing off (attempt {record.attempts})"))
-        else:
-            out.append((record, "waits behind an earlier event of its aggregate"))
+        verdict = verdicts.get(record.id)
+        if verdict is None:
+            if not record.due:
+                verdict = f"backing off (attempt {record.attempts})"
+            elif record.key in waiting:
+                verdict = "waits behind an earlier event of its aggregate"
+            else:
+                verdict = "left for a later pass (the pass's byte budget)"
+        if not verdict.startswith("publish"):
+            waiting.add(record.key)
+        out.append((record, verdict))
     return out

@@ -5,8 +5,9 @@ Classifies every send into a :class:`~outbox_relay.model.Delivery`:
 * broker down, slow, or timing out → ``UNAVAILABLE`` (never charged to a row);
 * unknown topic / topic not authorized while the cluster answers → ``TOPIC_UNAVAILABLE``: a
   per-topic outage (a configuration mistake, a topic not created yet), not the row's fault, so
-  never charged; the topic is remembered until the run ends, so a missing topic costs a run at
-  most one bounded metadata wait, not one per send or pass;
+  never charged, and never mistaken for a fatal producer error; the topic is remembered for
+  ``TOPIC_MEMORY_SECONDS`` (across the runs of a warm process), so a missing topic costs at
+  most one bounded metadata wait in that time, not one per send, pass or run;
 * too large / invalid record → ``REJECTED`` (dead letter).
 
 A non-retriable broker error puts kafka-python's idempotent producer into a fatal state that
@@ -26,7 +27,7 @@ from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 
 from .config import KafkaSettings
-from .model import AggregateKey, Delivery, Message, SendResult
+from .model import CONTENT_ERRORS, AggregateKey, Delivery, Message, SendResult
 from .ports import CredentialsUnavailable, InFlight, Settled
 
 log = logging.getLogger("outbox_relay")
@@ -34,6 +35,12 @@ log = logging.getLogger("outbox_relay")
 # Records re-sent one at a time after a fatal producer error, per publish call.
 ISOLATION_CAP = 20
 FLUSH_TRIES = 5
+# A topic found missing or denied is not asked for again for this long (its rows wait as long,
+# relay.TOPIC_WAIT_SECONDS); a topic created meanwhile is used within that time.
+TOPIC_MEMORY_SECONDS = 30.0
+# A metadata wait the deadline cut shorter than this is no sign of an outage (a longer one with
+# no answer from the cluster is).
+MIN_METADATA_WAIT_MS = 250
 _POISON = (
     kafka_errors.MessageSizeTooLargeError,
     kafka_errors.RecordListTooLargeError,
@@ -83,15 +90,16 @@ class KafkaPublisher:
         self._extra_config = extra_config
         self._producer: Any = None
         self._in_doubt = False
-        # Topics found missing or denied in this run: not asked for again (send() would block).
-        self._topic_down: dict[str, str] = {}
+        # Topics found missing or denied: not asked for again (send() would block) until then.
+        self._topic_down: dict[str, tuple[str, float]] = {}  # topic -> (why, until monotonic)
 
     @property
     def in_doubt(self) -> bool:
         return self._in_doubt
 
     def new_run(self) -> None:
-        self._topic_down.clear()
+        now = time.monotonic()
+        self._topic_down = {t: down for t, down in self._topic_down.items() if down[1] > now}
 
     def close(self) -> None:
         """Flush briefly and close; used when the process is done with Kafka."""
@@ -163,6 +171,10 @@ class KafkaPublisher:
                 results[index] = SendResult(Delivery.UNAVAILABLE, "no acknowledgement before the deadline")
             elif future.exception is None:
                 results[index] = SendResult(Delivery.DELIVERED)
+            elif isinstance(future.exception, _TOPIC_PROBLEMS):
+                # A denied topic comes back here (send() turns the metadata error into a failed
+                # future): a topic outage, not a fatal producer state.
+                results[index] = self._topic_unavailable(messages[index].topic, _describe(future.exception))
             else:
                 result = _classify(future.exception)
                 results[index] = result
@@ -188,12 +200,11 @@ class KafkaPublisher:
                 results[index] = SendResult(Delivery.UNAVAILABLE, outage)
                 continue
             if message.topic in self._topic_down:
-                results[index] = SendResult(Delivery.TOPIC_UNAVAILABLE, self._topic_down[message.topic])
+                results[index] = SendResult(Delivery.TOPIC_UNAVAILABLE, self._topic_down[message.topic][0])
                 continue
             # send() blocks for topic metadata up to max_block_ms: never past our deadline.
-            producer.config["max_block_ms"] = max(
-                1, min(self.settings.max_block_ms, int((deadline - time.monotonic()) * 1000))
-            )
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            producer.config["max_block_ms"] = max(1, min(self.settings.max_block_ms, left_ms))
             started = time.monotonic()
             try:
                 future = producer.send(
@@ -203,6 +214,13 @@ class KafkaPublisher:
                 if _cluster_answered_since(producer, started):
                     error = f"topic {message.topic!r} does not exist or has no leader"
                     results[index] = self._topic_unavailable(message.topic, error)
+                elif left_ms < min(self.settings.max_block_ms, MIN_METADATA_WAIT_MS):
+                    # The deadline, not the cluster, cut the wait to almost nothing: that tells
+                    # nothing about Kafka; this row and the rest wait for the next run, untouched.
+                    for rest in range(index, len(messages)):
+                        if results[rest] is None:
+                            results[rest] = SendResult(Delivery.NOT_SENT)
+                    break
                 else:
                     outage = f"no metadata from the cluster: {_describe(exc)}"
                     results[index] = SendResult(Delivery.UNAVAILABLE, outage)
@@ -222,9 +240,10 @@ class KafkaPublisher:
                 self._in_doubt = bool(futures)  # earlier sends may still be on the wire
                 self._discard()
                 break
-            except Exception as exc:
+            except CONTENT_ERRORS as exc:
                 # Anything else kafka-python raises on one record's content: charged to that row
-                # (dead-lettered after max attempts), never the end of the run.
+                # (dead-lettered after max attempts), never the end of the run.  Other exceptions
+                # (a bug) end the run: they would otherwise charge every row.
                 results[index] = SendResult(Delivery.RETRY, _describe(exc))
                 continue
             futures.append((index, future))
@@ -235,7 +254,7 @@ class KafkaPublisher:
         return results, futures
 
     def _topic_unavailable(self, topic: str, error: str) -> SendResult:
-        self._topic_down[topic] = error
+        self._topic_down[topic] = (error, time.monotonic() + TOPIC_MEMORY_SECONDS)
         log.warning("topic unavailable", extra={"topic": topic, "error": error})
         return SendResult(Delivery.TOPIC_UNAVAILABLE, error)
 
@@ -279,6 +298,10 @@ class KafkaPublisher:
                 results[index] = SendResult(Delivery.UNAVAILABLE, str(exc))
                 failed_keys.add(key)
                 continue
+            except _TOPIC_PROBLEMS as exc:
+                results[index] = self._topic_unavailable(message.topic, _describe(exc))
+                failed_keys.add(key)
+                continue
             except kafka_errors.KafkaError as exc:
                 results[index] = _classify(exc)
                 failed_keys.add(key)
@@ -288,6 +311,8 @@ class KafkaPublisher:
                 results[index] = SendResult(Delivery.UNAVAILABLE, "no acknowledgement before the deadline")
             elif future.exception is None:
                 results[index] = SendResult(Delivery.DELIVERED)
+            elif isinstance(future.exception, _TOPIC_PROBLEMS):
+                results[index] = self._topic_unavailable(message.topic, _describe(future.exception))
             else:
                 results[index] = _classify(future.exception)
                 self._discard()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from . import ordering
+from .bodies import weigh, with_bodies
 from .config import RelaySettings
 from .dead_letters import DeadLetterDispatch
 from .messages import encode
@@ -72,7 +73,9 @@ class _Run:
     # A batch handed to the producer and not yet waited for: if the run fails now, it may land.
     unawaited: InFlight | None = None
     acquire_failed: bool = False
-    seconds_per_row: float | None = None  # the measured send time of a row, for the last pass
+    # The run's passes so far (rows sent, seconds): the send rate that sizes its last pass.
+    sent_rows: int = 0
+    sent_seconds: float = 0.0
 
 
 class Relay:
@@ -112,6 +115,7 @@ class Relay:
             settings.backoff_base_seconds, settings.backoff_max_seconds, settings.max_attempts
         )
         self._encode = partial(encode, settings=settings)
+        self._weigh = weigh(settings.max_message_bytes)
         self._topic_wait = max(
             settings.backoff_base_seconds, min(settings.backoff_max_seconds, TOPIC_WAIT_SECONDS)
         )
@@ -159,6 +163,9 @@ class Relay:
         previous: Batch | None = None  # the batch being finalized: its rows are still PENDING
         try:
             while True:
+                now = self.clock.monotonic()
+                for shard in run.owned:
+                    run.sweeps[shard].expire(now)
                 active = sorted(s for s in run.owned if not run.sweeps[s].idle)
                 if not active:
                     self._join(finalizer, run, summary)
@@ -176,6 +183,7 @@ class Relay:
                     summary.stopped_by = "deadline"
                     break
                 batch, selection, found = self._read(active, run, budget, previous)
+                pending = previous.in_flight if previous is not None else {}
                 run.unawaited = self.publisher.send([m for _, m in selection.sendable], run.work_deadline)
                 just_finalized = self._join(finalizer, run, summary)
                 results = run.unawaited.wait(run.work_deadline)
@@ -187,7 +195,8 @@ class Relay:
                 # A shard with rows in flight is read again once they are finalized: only then
                 # can it tell what is left.
                 progress = set(step.in_flight) | just_finalized | selection.deferred
-                advance(batch, run.sweeps, self._page(len(active)), progress, found)
+                sent = {s: [*step.in_flight.get(s, ()), *pending.get(s, ())] for s in batch}
+                advance(batch, run.sweeps, self._page(len(active)), progress, found, sent)
                 if selection.sendable or selection.invalid:
                     summary.passes += 1  # a poll that found nothing is not a pass
                 run.in_doubt = run.in_doubt or self.publisher.in_doubt
@@ -225,9 +234,8 @@ class Relay:
 
     def _measure(self, run: _Run, started: float, rows: int) -> None:
         """How long a row takes to read, send and settle: sizes the last pass of the run."""
-        per_row = max(0.0, self.clock.monotonic() - started) / rows
-        previous = run.seconds_per_row
-        run.seconds_per_row = per_row if previous is None else (previous + per_row) / 2
+        run.sent_rows += rows
+        run.sent_seconds += max(0.0, self.clock.monotonic() - started)
 
     def _join(self, finalizer: Finalizer, run: _Run, summary: Summary) -> set[int]:
         """Wait for the batch being finalized and account for it; shards found taken over are
@@ -303,6 +311,7 @@ class Relay:
         unsettled = previous.unsettled if previous is not None else {}
         blocked: set[AggregateKey] = set()
         skip: dict[int, list[AggregateKey]] = {}
+        now = self.clock.monotonic()
         for shard in active:
             keys = set(sweeps[shard].blocked) | unsettled.get(shard, set())
             blocked |= keys
@@ -317,17 +326,21 @@ class Relay:
         for record in records:
             batch[record.shard].append(record)
             if not record.due and record.key not in blocked:
-                sweeps[record.shard].blocked[record.key] = f"backing off after attempt {record.attempts}"
+                reason = f"backing off after attempt {record.attempts}"
+                sweeps[record.shard].block(record.key, reason, now + record.wait_seconds)
                 found.add(record.shard)
         cap = self.settings.batch_size if budget is None else min(budget, self.settings.batch_size)
-        return batch, ordering.select(records, blocked, self._encode, self._fit(run, cap)), found
+        limit, size = self._fit(run, cap), self.settings.max_batch_bytes
+        records = with_bodies(self.store, records, blocked, limit, size, self.settings.max_message_bytes)
+        return batch, ordering.select(records, blocked, self._encode, limit, size, self._weigh), found
 
     def _fit(self, run: _Run, cap: int) -> int:
         """Rows this pass may send: the batch, or fewer when the time left would not carry it."""
-        if run.seconds_per_row is None or run.seconds_per_row <= 0:
+        if not run.sent_rows or run.sent_seconds <= 0:
             return cap
+        per_row = run.sent_seconds / run.sent_rows  # over the whole run: one slow pass is diluted
         left = run.work_deadline - self.clock.monotonic()
-        return max(1, min(cap, int(left * PASS_TIME_SHARE / run.seconds_per_row)))
+        return max(1, min(cap, int(left * PASS_TIME_SHARE / per_row)))
 
     def _page(self, shards: int) -> int:
         """Rows read per shard in a pass: the batch shared by the shards being read."""
@@ -373,7 +386,7 @@ class Relay:
         step.plan.retries.append(RetryDecision(record.id, delay, error, charge, record.attempts))
         sweep = run.sweeps.get(record.shard)
         if sweep is not None:
-            sweep.blocked[record.key] = error[:300]
+            sweep.block(record.key, error, self.clock.monotonic() + delay)
 
     def _dead_letter(self, letters: list[DeadLetter], step: Batch, run: _Run) -> None:
         """Send to the DLQ first; only what it acknowledged becomes DEAD.  The rest backs off
@@ -406,7 +419,7 @@ class Relay:
 
     def preview(self, limit: int) -> list[tuple[OutboxRecord, str]]:
         """What the next run would do first, row by row (see :func:`preview.preview`)."""
-        return preview(self.store, self._encode, limit)
+        return preview(self.store, self._encode, limit, self.settings)
 
     def _dry_run(self, summary: Summary) -> None:
         rows = self.preview(self.settings.max_events or self.settings.batch_size)

@@ -5,15 +5,19 @@ A rule over one run's reads, kept apart from the run loop (see README, "Reading 
 * **Blocked aggregates are skipped in the read.**  An aggregate whose head cannot go (in backoff,
   its topic missing, its dead letter not taken) is left out of the shard's next reads by name,
   however many rows pile up behind it, so the rest of the shard is reached in one read.
+* **Until it is due.**  Each block ends when the head's wait does (its ``available_at``, or the
+  delay the relay just chose); the shard is then read from its start again.
 * **Paging is the fallback.**  Past ``MAX_SKIPPED_KEYS`` blocked aggregates, or when a full page
-  held nothing new to leave out, the read moves on past the page instead.
-* **A shard gives up for the run** after ``MAX_SKIP_PAGES`` such re-reads found nothing to send.
+  held nothing new to leave out, the read moves on past the page.  Rows of blocked aggregates at
+  the start of a page are stepped over even while the shard sends (never past a row in flight).
+* **A shard gives up for the run** after ``MAX_SKIP_PAGES`` re-reads found nothing to send.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .model import AggregateKey, OutboxRecord
 
@@ -24,43 +28,78 @@ MAX_SKIP_PAGES = 50
 MAX_SKIPPED_KEYS = 100
 
 
+class Block(NamedTuple):
+    reason: str
+    until: float  # monotonic seconds: the head is due again then
+
+
 @dataclass(slots=True)
 class ShardSweep:
-    """How the next read of a shard goes: the aggregates it leaves out (blocked, and why), and
-    where it starts (``cursor`` > 0 only while paging past more blocked aggregates than a read
-    can leave out)."""
+    """How the next read of a shard goes: the aggregates it leaves out (blocked: why, and until
+    when), and where it starts (``cursor`` > 0 only while paging past blocked rows)."""
 
     cursor: int = 0
     skipped_pages: int = 0
     idle: bool = False
-    blocked: dict[AggregateKey, str] = field(default_factory=dict)
+    blocked: dict[AggregateKey, Block] = field(default_factory=dict)
+
+    def block(self, key: AggregateKey, reason: str, until: float) -> None:
+        self.blocked[key] = Block(reason[:300], until)
+
+    def expire(self, now: float) -> None:
+        """Drop the blocks that are over; their rows may lie below the cursor: start again."""
+        due = [key for key, block in self.blocked.items() if block.until <= now]
+        if due:
+            for key in due:
+                del self.blocked[key]
+            self.cursor = 0
+            self.skipped_pages = 0
+            self.idle = False
 
 
 def advance(
-    by_shard: dict[int, list[OutboxRecord]],
-    sweeps: dict[int, ShardSweep],
+    by_shard: Mapping[int, list[OutboxRecord]],
+    sweeps: Mapping[int, ShardSweep],
     limit: int,
     progress: set[int],
     found: set[int],
+    in_flight: Mapping[int, Iterable[int]],
 ) -> None:
-    """Where each shard's next read starts (see README, "Reading a shard").  A shard whose
-    page was full of blocked rows is read again leaving out the aggregates it just found
-    blocked; past ``MAX_SKIPPED_KEYS`` of them (or when it found none), it pages on."""
+    """Where each shard's next read starts.  A shard whose page was full of blocked rows is read
+    again leaving out the aggregates it just found blocked; past ``MAX_SKIPPED_KEYS`` of them (or
+    when it found none), it pages on.  ``in_flight``: ids sent and not finalized yet, per shard."""
     for shard, rows in by_shard.items():
         sweep = sweeps[shard]
         if shard in progress:
-            continue  # re-read from the same place: what was finalized is gone, or deferred
+            # Re-read from the same place (what was finalized is gone, or deferred), but step
+            # over the blocked rows the page starts with: a busy shard with more blocked
+            # aggregates than a read leaves out would otherwise read them again every pass.
+            sweep.cursor = max(
+                sweep.cursor, _blocked_lead(rows, sweep, min(in_flight.get(shard, ()), default=0))
+            )
+            continue
         if len(rows) < limit or sweep.skipped_pages >= MAX_SKIP_PAGES:
-            sweep.idle = True  # everything left is blocked until a later run
+            sweep.idle = True  # everything left is blocked until a later run (or a block ends)
             continue
         sweep.skipped_pages += 1
         if shard not in found or len(sweep.blocked) > MAX_SKIPPED_KEYS:
             sweep.cursor = rows[-1].id  # a full page, all blocked: look past it
 
 
+def _blocked_lead(rows: list[OutboxRecord], sweep: ShardSweep, first_in_flight: int) -> int:
+    """The id of the last row of the page's leading run of blocked aggregates' rows (0: none),
+    stopping before a row in flight (its aggregate is not blocked; moving past it would be)."""
+    last = 0
+    for row in rows:
+        if row.key not in sweep.blocked or (first_in_flight and row.id >= first_in_flight):
+            break
+        last = row.id
+    return last
+
+
 def blocked_of(sweeps: Iterable[ShardSweep]) -> dict[AggregateKey, str]:
     """The aggregates found blocked on these shards, and why."""
     out: dict[AggregateKey, str] = {}
     for sweep in sweeps:
-        out.update(sweep.blocked)
+        out.update({key: block.reason for key, block in sweep.blocked.items()})
     return out

@@ -23,8 +23,14 @@ SESSION_SETUP = (
     "SET SESSION innodb_lock_wait_timeout = %s",
 )
 
+# A body (payload, headers) larger than this is left out of the head read and loaded by id only
+# for the rows a pass sends, within its byte budget: a page of rows costs at most
+# rows x 2 x INLINE_BODY_BYTES, whatever the rows hold (a payload may be 16 MiB).
+INLINE_BODY_BYTES = 4096
 ROW_COLUMNS = (
-    "id, event_id, aggregate_type, aggregate_id, event_type, payload, topic, headers, seq, attempts, shard"
+    "id, event_id, aggregate_type, aggregate_id, event_type,"
+    f" IF(LENGTH(payload) <= {INLINE_BODY_BYTES}, payload, NULL), LENGTH(payload), topic,"
+    f" IF(LENGTH(headers) <= {INLINE_BODY_BYTES}, headers, NULL), LENGTH(headers), seq, attempts, shard"
 )
 
 
@@ -113,21 +119,31 @@ class OutboxSql:
             skip = f" AND id NOT IN ({_marks(count)})" if count else ""
             keys = skipped[n] if skipped else 0
             if keys:
-                # NOT (a AND b) OR ...: a form both servers push down into the index scan.
-                pairs = " OR ".join(["(aggregate_type = %s AND aggregate_id = %s)"] * keys)
-                skip += f" AND NOT ({pairs})"
+                # Compared as bytes: utf8mb4_bin pads with spaces, so "k" = "k " as text, and an
+                # aggregate that differs from a blocked one by trailing spaces would be left out.
+                pair = "(CAST(aggregate_type AS BINARY) = %s AND CAST(aggregate_id AS BINARY) = %s)"
+                skip += f" AND NOT ({' OR '.join([pair] * keys)})"
             parts.append(
-                f"(SELECT {ROW_COLUMNS}, available_at <= UTC_TIMESTAMP(6) AS due FROM `{self.table}`"
-                f" WHERE shard = %s AND status = 'PENDING' AND id > %s{skip} ORDER BY id LIMIT %s)"
+                f"(SELECT {ROW_COLUMNS}, available_at <= UTC_TIMESTAMP(6) AS due,"
+                " GREATEST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), available_at), 0) AS wait_us"
+                f" FROM `{self.table}` WHERE shard = %s AND status = 'PENDING' AND id > %s{skip}"
+                " ORDER BY id LIMIT %s)"
             )
         return " UNION ALL ".join(parts)
+
+    def load_bodies(self, ids: int) -> str:
+        """The bodies the head read left out, by id (still PENDING: a row gone since is absent)."""
+        return (
+            f"SELECT id, payload, headers FROM `{self.table}`"
+            f" WHERE status = 'PENDING' AND id IN ({_marks(ids)})"
+        )
 
     @property
     def pending_keys_up_to(self) -> str:
         """Aggregates with a pending row at or below a cursor (they block later rows)."""
-        return (
-            f"SELECT DISTINCT aggregate_type, aggregate_id FROM `{self.table}`"
-            " WHERE shard = %s AND status = 'PENDING' AND id <= %s"
+        return (  # as bytes: DISTINCT on utf8mb4_bin would fold "k" and "k " into one
+            "SELECT DISTINCT CAST(aggregate_type AS BINARY), CAST(aggregate_id AS BINARY)"
+            f" FROM `{self.table}` WHERE shard = %s AND status = 'PENDING' AND id <= %s"
         )
 
     # --- the fenced finalize (one transaction, after lock_shards) -------------------------

@@ -221,13 +221,15 @@ class MySQLOutboxStore:
                     for shard in free:
                         if limit and taken >= limit:
                             break
+                        if self.deadline is not None and time.monotonic() >= self.deadline:
+                            break  # each busy shard may cost a lock wait: none past the deadline
                         try:
                             lease = (token, owner, micros(lease_seconds), shard)
                             taken += cur.execute(self.sql.acquire_shard, lease)
                         except pymysql.err.OperationalError as exc:
                             if error_code(exc) not in (LOCK_WAIT_TIMEOUT, DEADLOCK):
                                 raise
-                            log.info("shard busy, skipped", extra={"shard": shard})
+                            log.warning("shard row locked: skipped for now", extra={"shard": shard})
                 finally:
                     cur.execute(SESSION_SETUP[2], (self._lock_wait,))
                 # Authoritative even when an acquire's outcome was lost with the connection.
@@ -258,7 +260,7 @@ class MySQLOutboxStore:
     ) -> list[OutboxRecord]:
         if not cursors:
             return []
-        params: list[int | str] = []
+        params: list[int | bytes] = []
         excluded: list[int] = []
         skipped: list[int] = []
         for shard, after in cursors.items():
@@ -266,7 +268,7 @@ class MySQLOutboxStore:
             keys = (skip or {}).get(shard, ())
             params += (shard, after, *ids)
             for aggregate_type, aggregate_id in keys:
-                params += (aggregate_type, aggregate_id)
+                params += (aggregate_type.encode(), aggregate_id.encode())
             params.append(limit)
             excluded.append(len(ids))
             skipped.append(len(keys))
@@ -275,31 +277,26 @@ class MySQLOutboxStore:
             with conn.cursor() as cur:
                 cur.execute(self.sql.read_heads(excluded, skipped), params)
                 rows = cur.fetchall()
-            return [
-                OutboxRecord(
-                    id=int(r[0]),
-                    event_id=r[1],
-                    aggregate_type=r[2],
-                    aggregate_id=r[3],
-                    event_type=r[4],
-                    payload=bytes(r[5]),
-                    topic=r[6],
-                    headers=r[7],
-                    seq=r[8],
-                    attempts=int(r[9]),
-                    shard=int(r[10]),
-                    due=bool(r[11]),
-                )
-                for r in sorted(rows, key=lambda r: (r[10], r[0]))
-            ]
+            return [_record(r) for r in sorted(rows, key=lambda r: (r[12], r[0]))]
 
         return self.run(work, "read pending rows")
+
+    def load_bodies(self, ids: Sequence[int]) -> dict[int, tuple[bytes, str | None]]:
+        if not ids:
+            return {}
+
+        def work(conn: pymysql.connections.Connection[Any]) -> dict[int, tuple[bytes, str | None]]:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.load_bodies(len(ids)), list(ids))
+                return {int(r[0]): (bytes(r[1]), r[2]) for r in cur.fetchall()}
+
+        return self.run(work, "load large rows")
 
     def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
         def work(conn: pymysql.connections.Connection[Any]) -> set[AggregateKey]:
             with conn.cursor() as cur:
                 cur.execute(self.sql.pending_keys_up_to, (shard, max_id))
-                return {(str(r[0]), str(r[1])) for r in cur.fetchall()}
+                return {(bytes(r[0]).decode(), bytes(r[1]).decode()) for r in cur.fetchall()}
 
         return self.run(work, "read blocked aggregates")
 
@@ -371,6 +368,30 @@ class MySQLOutboxStore:
             return FinalizeResult(published, retried, dead, lost)
 
         return self.run(work, "finalize")
+
+
+def _record(r: Sequence[Any]) -> OutboxRecord:
+    """A row of the head read (sql.ROW_COLUMNS, then ``due``)."""
+    payload, payload_size, headers, headers_size = r[5], int(r[6]), r[8], r[9]
+    loaded = payload is not None and (headers is not None or headers_size is None)
+    return OutboxRecord(
+        id=int(r[0]),
+        event_id=r[1],
+        aggregate_type=r[2],
+        aggregate_id=r[3],
+        event_type=r[4],
+        payload=bytes(payload) if loaded else b"",
+        topic=r[7],
+        headers=headers if loaded else None,
+        seq=r[10],
+        attempts=int(r[11]),
+        shard=int(r[12]),
+        due=bool(r[13]),
+        wait_seconds=int(r[14] or 0) / 1_000_000,
+        payload_size=payload_size,
+        headers_size=int(headers_size or 0),
+        loaded=loaded,
+    )
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -1,0 +1,124 @@
+"""The publisher's topic rules, with a scripted kafka-python producer: a missing or denied topic is
+a per-topic outage (never charged, never a fatal producer state, remembered so it costs one
+metadata wait), and a metadata wait cut short by the deadline is not a Kafka outage."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kafka import errors as kafka_errors
+
+from outbox_relay import publisher_kafka
+from outbox_relay.config import load_config
+from outbox_relay.model import Delivery, Message
+from outbox_relay.publisher_kafka import KafkaPublisher
+
+ENV = {
+    "OUTBOX_DB_HOST": "db.local",
+    "OUTBOX_DB_NAME": "shop",
+    "OUTBOX_DB_USER": "relay",
+    "OUTBOX_DB_PASSWORD": "pw",
+    "KAFKA_BOOTSTRAP_SERVERS": "b-1:9092",
+    "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+    "DLQ_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/1/dlq",
+}
+
+
+class Future:
+    def __init__(self, exception: BaseException | None = None) -> None:
+        self.is_done = True
+        self.exception = exception
+
+
+class Producer:
+    """Answers per topic: ``denied`` topics fail their future with TopicAuthorizationFailed (as
+    kafka-python 3's send() does with a metadata error); ``silent`` topics block in send() until
+    max_block_ms and raise KafkaTimeoutError with no metadata answer."""
+
+    made = 0
+
+    def __init__(self, denied: set[str], silent: set[str], **config: Any) -> None:
+        Producer.made += 1
+        self.config = dict(config)
+        self.denied, self.silent = denied, silent
+        self.sent: list[str] = []
+
+    def send(self, topic: str, value: bytes, key: bytes, headers: Any) -> Future:
+        self.sent.append(topic)
+        if topic in self.silent:
+            time.sleep(self.config["max_block_ms"] / 1000)
+            raise kafka_errors.KafkaTimeoutError("Failed to update metadata")
+        if topic in self.denied:
+            return Future(kafka_errors.TopicAuthorizationFailedError(topic))
+        return Future()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def publisher(
+    denied: frozenset[str] = frozenset(), silent: frozenset[str] = frozenset(), **env: str
+) -> tuple[KafkaPublisher, list[Producer]]:
+    made: list[Producer] = []
+
+    def factory(**config: Any) -> Producer:
+        producer = Producer(set(denied), set(silent), **config)
+        made.append(producer)
+        return producer
+
+    return KafkaPublisher(load_config({**ENV, **env}).kafka, factory=factory), made
+
+
+def msg(n: int, topic: str) -> Message:
+    return Message(n, topic, f"k{n}".encode(), b"{}", [])
+
+
+def test_a_denied_topic_is_a_topic_outage_not_a_fatal_producer_error_and_is_remembered() -> None:
+    pub, made = publisher(denied=frozenset({"secret"}))
+    pub.new_run()
+    batch = [msg(1, "orders"), msg(2, "secret"), msg(3, "orders"), msg(4, "secret")]
+    results = pub.send(batch, time.monotonic() + 5).wait(time.monotonic() + 5)
+    assert [r.delivery for r in results] == [
+        Delivery.DELIVERED,
+        Delivery.TOPIC_UNAVAILABLE,
+        Delivery.DELIVERED,
+        Delivery.TOPIC_UNAVAILABLE,
+    ]
+    assert len(made) == 1, "no producer rebuilt, no one-by-one isolation"
+    # The next pass, and the next run of the warm process, do not ask for it again.
+    again = pub.send([msg(5, "secret"), msg(6, "orders")], time.monotonic() + 5).wait(time.monotonic() + 5)
+    pub.new_run()
+    third = pub.send([msg(7, "secret")], time.monotonic() + 5).wait(time.monotonic() + 5)
+    assert [r.delivery for r in again + third] == [
+        Delivery.TOPIC_UNAVAILABLE,
+        Delivery.DELIVERED,
+        Delivery.TOPIC_UNAVAILABLE,
+    ]
+    assert made[0].sent.count("secret") == 2 and len(made) == 1
+
+
+def test_a_remembered_topic_is_asked_for_again_after_the_memory_runs_out(monkeypatch: Any) -> None:
+    monkeypatch.setattr(publisher_kafka, "TOPIC_MEMORY_SECONDS", 0.0)
+    pub, made = publisher(denied=frozenset({"secret"}))
+    pub.send([msg(1, "secret")], time.monotonic() + 5).wait(time.monotonic() + 5)
+    pub.new_run()
+    pub.send([msg(2, "secret")], time.monotonic() + 5).wait(time.monotonic() + 5)
+    assert made[0].sent == ["secret", "secret"]
+
+
+def test_a_metadata_wait_cut_short_by_the_deadline_leaves_the_rows_untouched_not_an_outage() -> None:
+    pub, _ = publisher(silent=frozenset({"slow"}), KAFKA_MAX_BLOCK_MS="5000")
+    deadline = time.monotonic() + 0.15  # the deadline cuts the wait to almost nothing
+    results = pub.send([msg(1, "orders"), msg(2, "slow"), msg(3, "orders")], deadline).wait(deadline)
+    assert [r.delivery for r in results] == [Delivery.DELIVERED, Delivery.NOT_SENT, Delivery.NOT_SENT]
+
+
+def test_a_full_metadata_wait_with_no_answer_is_a_kafka_outage() -> None:
+    pub, _ = publisher(silent=frozenset({"slow"}), KAFKA_MAX_BLOCK_MS="200")
+    deadline = time.monotonic() + 5
+    results = pub.send([msg(1, "slow"), msg(2, "orders")], deadline).wait(deadline)
+    assert [r.delivery for r in results] == [Delivery.UNAVAILABLE, Delivery.UNAVAILABLE]
