@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -291,6 +292,33 @@ def handler_in_process(env: dict[str, str], timeout: float = 60.0) -> dict[str, 
 
     result: dict[str, Any] = lambda_handler({}, LocalContext(timeout))
     return result
+
+
+_CHILD = """
+import contextlib, io, json, os, sys
+os.environ.update(json.loads(sys.argv[1]))
+from outbox_relay.cli import LocalContext
+from outbox_relay.handler import lambda_handler
+with contextlib.redirect_stdout(io.StringIO()):
+    summary = lambda_handler({}, LocalContext(float(sys.argv[2])))
+# VmHWM: this process's own peak resident memory (ru_maxrss would include the parent's at fork).
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"summary": summary, "peak_rss_mb": hwm / 1024}))
+"""
+
+
+def handler_in_child(env: dict[str, str], timeout: float = 60.0) -> tuple[dict[str, Any], float]:
+    """One invocation of the Lambda handler in a fresh interpreter, as a cold Lambda runs it:
+    its summary and the process's peak resident memory in MB."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(env), str(timeout)],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        check=True,
+    )
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    return out["summary"], float(out["peak_rss_mb"])
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:

@@ -202,6 +202,9 @@ class Relay:
                 run.in_doubt = run.in_doubt or self.publisher.in_doubt
                 finalizer.start(run.token, run.owned, step, self._lease_seconds(run.deadline))
                 previous = step
+                # Drop this pass's rows and messages before the next read: memory holds one
+                # pass's bodies at a time, not two (the finalize needs only the ids).
+                del batch, selection, results
                 if step.unavailable is not None:
                     summary.error = f"kafka unavailable: {step.unavailable}"
                     summary.stopped_by = "kafka_unavailable"
