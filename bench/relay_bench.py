@@ -1,7 +1,9 @@
 """Relay throughput and latency, side by side with the naive loop and the machine's limits.
 
-    make bench                         # 10k and 100k events of 1 KB, the batch-size sweep, latency
+    make bench                         # 10k and 100k events of 1 KB, 1/16/64 KB payloads, the
+                                       # batch-size sweep, latency, profile
     .venv/bin/python bench/relay_bench.py --sizes 10000 --no-sweep --no-latency   # quicker
+    .venv/bin/python bench/relay_bench.py --payloads-only   # only the payload sizes (1, 16, 64 KB)
 
 On the local MariaDB + Kafka (scripts/local-stack), in one run:
 
@@ -14,6 +16,11 @@ On the local MariaDB + Kafka (scripts/local-stack), in one run:
 * db      the raw database rate for lease + read + fenced finalize of the same rows (the relay's
           own store, no Kafka: a publisher that acknowledges at once);
 * latency commit -> readable in Kafka for a steady trickle of writes with the poll window on.
+* payloads  relay, kafka and db again for larger payloads (``--payloads KB:EVENTS,...``; default
+          1 KB x 10,000, 16 KB x 10,000, 64 KB x 5,000): events/s, MiB/s, CPU per event and the
+          relay's peak RSS under the per-pass byte budget (OUTBOX_MAX_BATCH_BYTES), and the relay
+          once more with the budget at its largest (256 MiB, so the 2000-row batch binds first),
+          to show what the budget holds back.  No naive loop here.
 
 Prints a table, writes bench/out/results.json and bench/out/throughput_vs_batch.png.
 """
@@ -36,7 +43,7 @@ from typing import Any
 from unittest import mock
 
 import pymysql
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from outbox_relay.config import RelaySettings, load_config
 from outbox_relay.db import connector
@@ -55,6 +62,13 @@ KAFKA = "127.0.0.1:9092"
 AGGREGATES = 1000
 PAYLOAD_BYTES = 1024
 PARTITIONS = 6
+KB = 1024
+MIB = 1024 * 1024
+# --payloads default: (KB, events); 1 KB again so the payload table has its baseline in the same run.
+PAYLOADS = "1:10000,16:10000,64:5000"
+# The largest OUTBOX_MAX_BATCH_BYTES the relay accepts: with 2000-row batches of at most 64 KB
+# (128 MiB) it never binds, so the pass is bounded by rows alone.
+UNBOUNDED_BATCH_BYTES = 256 * MIB
 
 
 # --- set-up ----------------------------------------------------------------------------------
@@ -89,27 +103,32 @@ def scratch_database() -> Iterator[str]:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
-def payload(n: int, aggregate: str) -> bytes:
+def payload(n: int, aggregate: str, size: int = PAYLOAD_BYTES) -> bytes:
+    """A JSON object of exactly ``size`` bytes."""
     head = json.dumps({"aggregate": aggregate, "n": n, "pad": ""})
-    return json.dumps({"aggregate": aggregate, "n": n, "pad": "x" * (PAYLOAD_BYTES - len(head))}).encode()
+    return json.dumps({"aggregate": aggregate, "n": n, "pad": "x" * (size - len(head))}).encode()
 
 
-def fill(database: str, events: int) -> None:
-    """``events`` PENDING rows of 1 KB over AGGREGATES aggregates (the writers' four columns)."""
+def fill(database: str, events: int, size: int = PAYLOAD_BYTES) -> None:
+    """``events`` PENDING rows of ``size`` bytes over AGGREGATES aggregates (the writers' four
+    columns).  Built and inserted a chunk at a time (at most 2000 rows, about 8 MiB)."""
     rng = random.Random(events)
     counters: dict[str, int] = {}
-    rows = []
-    for _ in range(events):
-        aggregate = f"order-{rng.randrange(AGGREGATES)}"
-        counters[aggregate] = counters.get(aggregate, 0) + 1
-        rows.append(("order", aggregate, "OrderChanged", payload(counters[aggregate], aggregate)))
+    chunk = max(1, min(2000, 8 * MIB // size))
     with connect(database) as conn, conn.cursor() as cur:
         cur.execute("TRUNCATE TABLE outbox")
         cur.execute("UPDATE outbox_shard SET lease_token = NULL, lease_until = '1970-01-01'")
-        for i in range(0, len(rows), 2000):
+        for i in range(0, events, chunk):
+            rows = []
+            for _ in range(min(chunk, events - i)):
+                aggregate = f"order-{rng.randrange(AGGREGATES)}"
+                counters[aggregate] = counters.get(aggregate, 0) + 1
+                rows.append(
+                    ("order", aggregate, "OrderChanged", payload(counters[aggregate], aggregate, size))
+                )
             cur.executemany(
                 "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES (%s, %s, %s, %s)",
-                rows[i : i + 2000],
+                rows,
             )
 
 
@@ -124,6 +143,15 @@ def new_topic() -> str:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     ensure_topics([KAFKA], [f"{prefix}.order"], partitions=PARTITIONS)
     return prefix
+
+
+def drop_topic(prefix: str) -> None:
+    """Delete a bench topic (the payload rows write hundreds of MB to the broker's disk)."""
+    admin = KafkaAdminClient(bootstrap_servers=[KAFKA], client_id="outbox-relay-bench")
+    try:
+        admin.delete_topics([f"{prefix}.order"])
+    finally:
+        admin.close()
 
 
 def relay_env(database: str, prefix: str, **extra: str) -> dict[str, str]:
@@ -460,6 +488,57 @@ def measure(database: str, events: int, batch_size: int) -> dict[str, Any]:
     return row
 
 
+def measure_payload(
+    database: str, kb: int, events: int, batch_size: int, contrast: bool = True
+) -> dict[str, Any]:
+    """Relay, raw Kafka and raw DB for ``events`` payloads of ``kb`` KiB; the relay at the
+    default byte budget and (``contrast``) with the budget out of the way."""
+    size = kb * KB
+    row: dict[str, Any] = {
+        "payload_kb": kb,
+        "payload_bytes": size,
+        "events": events,
+        "batch_size": batch_size,
+    }
+    prefix = new_topic()
+    try:
+        fill(database, events, size)
+        run = relay(database, prefix, OUTBOX_BATCH_SIZE=str(batch_size))
+        assert run["summary"]["ok"] and run["summary"]["published"] == events, run["summary"]
+        row["relay_s"], row["relay_max_rss_mb"] = run["seconds"], run["max_rss_mb"]
+        row["relay_passes"] = run["summary"]["passes"]
+        row["relay_cpu_us"] = run["cpu_seconds"] / events * 1e6
+        row["kafka_s"], kafka_cpu = kafka_limit(database, prefix)
+        row["kafka_cpu_us"] = kafka_cpu / events * 1e6
+    finally:
+        drop_topic(prefix)
+    fill(database, events, size)
+    row["db_s"], db_cpu = db_limit(database, prefix)
+    row["db_cpu_us"] = db_cpu / events * 1e6
+    for key in ("relay", "kafka", "db"):
+        row[f"{key}_per_s"] = events / row[f"{key}_s"]
+        row[f"{key}_mib_per_s"] = row[f"{key}_per_s"] * size / MIB
+    row["relay_vs_slower_limit"] = row["relay_per_s"] / min(row["kafka_per_s"], row["db_per_s"])
+    if contrast:
+        prefix = new_topic()
+        try:
+            fill(database, events, size)
+            run = relay(
+                database,
+                prefix,
+                OUTBOX_BATCH_SIZE=str(batch_size),
+                OUTBOX_MAX_BATCH_BYTES=str(UNBOUNDED_BATCH_BYTES),
+            )
+        finally:
+            drop_topic(prefix)
+        assert run["summary"]["ok"] and run["summary"]["published"] == events, run["summary"]
+        row["unbounded_per_s"] = events / run["seconds"]
+        row["unbounded_max_rss_mb"] = run["max_rss_mb"]
+        row["unbounded_passes"] = run["summary"]["passes"]
+        row["unbounded_cpu_us"] = run["cpu_seconds"] / events * 1e6
+    return row
+
+
 def sweep(database: str, events: int, batch_sizes: Sequence[int]) -> list[dict[str, float]]:
     points = []
     for batch_size in batch_sizes:
@@ -501,9 +580,23 @@ def chart(points: list[dict[str, float]], limits: dict[str, float], path: Path) 
     fig.savefig(path, dpi=120)
 
 
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def payload_rows(text: str) -> list[tuple[int, int]]:
+    """``"16:10000,64:5000"`` -> [(16, 10000), (64, 5000)]: payload KiB and events."""
+    pairs = []
+    for item in text.split(","):
+        if item.strip():
+            kb, events = item.split(":")
+            pairs.append((int(kb), int(events)))
+    return pairs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=ints, default=[10_000, 100_000], help="events per 1 KB row")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the relay's default")
     parser.add_argument(
         "--sweep", type=lambda s: [int(x) for x in s.split(",")], default=[100, 250, 500, 1000, 2000, 5000]
@@ -512,8 +605,26 @@ def main() -> int:
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--profile-events", type=int, default=20_000, help="0: no profile")
+    parser.add_argument(
+        "--payloads",
+        type=payload_rows,
+        default=payload_rows(PAYLOADS),
+        help=f"payload rows as KB:EVENTS,... (default {PAYLOADS}; '' for none)",
+    )
+    parser.add_argument(
+        "--no-budget-contrast",
+        action="store_true",
+        help="payload rows: skip the second relay run with OUTBOX_MAX_BATCH_BYTES at its largest",
+    )
+    parser.add_argument(
+        "--payloads-only",
+        action="store_true",
+        help="only the payload rows: no 1 KB rows, latency, profile or sweep",
+    )
     parser.add_argument("--replot", action="store_true", help="redraw the chart from bench/out/results.json")
     args = parser.parse_args()
+    if args.payloads_only:
+        args.sizes, args.no_latency, args.profile_events, args.no_sweep = [], True, 0, True
     if args.replot:
         saved = json.loads((OUT / "results.json").read_text())
         last = saved["rows"][-1]
@@ -536,6 +647,13 @@ def main() -> int:
         for events in args.sizes:
             print(f"measuring {events} events (batch {batch_size})...", flush=True)
             results["rows"].append(measure(database, events, batch_size))
+        if args.payloads:
+            results["payloads"] = []
+        for kb, events in args.payloads:
+            print(f"measuring {events} events of {kb} KB (batch {batch_size})...", flush=True)
+            results["payloads"].append(
+                measure_payload(database, kb, events, batch_size, contrast=not args.no_budget_contrast)
+            )
         if not args.no_latency:
             print("measuring commit -> Kafka latency with the poll window...", flush=True)
             with connect(database) as conn, conn.cursor() as cur:
@@ -549,7 +667,7 @@ def main() -> int:
             results["sweep"] = sweep(database, args.sweep_events, args.sweep)
     report(results)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
-    if "sweep" in results:
+    if "sweep" in results and results["rows"]:
         last = results["rows"][-1]
         chart(
             results["sweep"],
@@ -561,28 +679,10 @@ def main() -> int:
 
 
 def report(results: dict[str, Any]) -> None:
-    print()
-    header = (
-        f"{'events':>7}  {'naive/s':>8}  {'relay/s':>8}  {'kafka/s':>8}  {'db/s':>8}  "
-        f"{'relay/naive':>11}  {'relay/min(limits)':>17}  {'relay RSS MB':>12}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in results["rows"]:
-        print(
-            f"{r['events']:>7}  {r['naive_per_s']:>8.0f}  {r['relay_per_s']:>8.0f}  {r['kafka_per_s']:>8.0f}  "
-            f"{r['db_per_s']:>8.0f}  {r['relay_vs_naive']:>10.1f}x  {r['relay_vs_slower_limit']:>16.0%}  "
-            f"{r['relay_max_rss_mb']:>12.0f}"
-        )
-    print(
-        f"\n{'events':>7}  {'Python CPU per event: relay':>28}  {'kafka':>8}  {'db':>8}  {'kafka + db':>10}"
-    )
-    for r in results["rows"]:
-        both = r["kafka_cpu_us"] + r["db_cpu_us"]
-        print(
-            f"{r['events']:>7}  {r['relay_cpu_us']:>25.1f} us  {r['kafka_cpu_us']:>5.1f} us  "
-            f"{r['db_cpu_us']:>5.1f} us  {both:>7.1f} us"
-        )
+    if results["rows"]:
+        report_rows(results["rows"])
+    if results.get("payloads"):
+        report_payloads(results["payloads"])
     if "latency" in results:
         lat = results["latency"]
         print(
@@ -599,6 +699,66 @@ def report(results: dict[str, Any]) -> None:
                 f"  {phase:<40} {seconds:6.2f} s  {share:6.1%}  {seconds / prof['events'] * 1e6:5.1f} us/event"
             )
         print(f"  (cProfile of a second run: {OUT / 'profile.txt'})")
+
+
+def report_rows(rows: list[dict[str, Any]]) -> None:
+    print()
+    header = (
+        f"{'events':>7}  {'naive/s':>8}  {'relay/s':>8}  {'kafka/s':>8}  {'db/s':>8}  "
+        f"{'relay/naive':>11}  {'relay/min(limits)':>17}  {'relay RSS MB':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['events']:>7}  {r['naive_per_s']:>8.0f}  {r['relay_per_s']:>8.0f}  {r['kafka_per_s']:>8.0f}  "
+            f"{r['db_per_s']:>8.0f}  {r['relay_vs_naive']:>10.1f}x  {r['relay_vs_slower_limit']:>16.0%}  "
+            f"{r['relay_max_rss_mb']:>12.0f}"
+        )
+    print(
+        f"\n{'events':>7}  {'Python CPU per event: relay':>28}  {'kafka':>8}  {'db':>8}  {'kafka + db':>10}"
+    )
+    for r in rows:
+        both = r["kafka_cpu_us"] + r["db_cpu_us"]
+        print(
+            f"{r['events']:>7}  {r['relay_cpu_us']:>25.1f} us  {r['kafka_cpu_us']:>5.1f} us  "
+            f"{r['db_cpu_us']:>5.1f} us  {both:>7.1f} us"
+        )
+
+
+def report_payloads(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"\n{'payload':>7}  {'events':>6}  {'relay/s':>8}  {'MiB/s':>6}  {'kafka/s':>8}  {'MiB/s':>6}  "
+        f"{'db/s':>8}  {'MiB/s':>6}  {'relay/min(limits)':>17}  {'passes':>6}  {'relay RSS MB':>12}"
+    )
+    for r in rows:
+        print(
+            f"{r['payload_kb']:>4} KB  {r['events']:>6}  {r['relay_per_s']:>8.0f}  {r['relay_mib_per_s']:>6.1f}  "
+            f"{r['kafka_per_s']:>8.0f}  {r['kafka_mib_per_s']:>6.1f}  {r['db_per_s']:>8.0f}  "
+            f"{r['db_mib_per_s']:>6.1f}  {r['relay_vs_slower_limit']:>16.0%}  {r['relay_passes']:>6}  "
+            f"{r['relay_max_rss_mb']:>12.0f}"
+        )
+    print(
+        f"\n{'payload':>7}  {'Python CPU per event: relay':>28}  {'kafka':>9}  {'db':>9}  {'kafka + db':>10}"
+    )
+    for r in rows:
+        both = r["kafka_cpu_us"] + r["db_cpu_us"]
+        print(
+            f"{r['payload_kb']:>4} KB  {r['relay_cpu_us']:>25.1f} us  {r['kafka_cpu_us']:>6.1f} us  "
+            f"{r['db_cpu_us']:>6.1f} us  {both:>7.1f} us"
+        )
+    if any("unbounded_max_rss_mb" in r for r in rows):
+        print(
+            f"\nbyte budget out of the way (OUTBOX_MAX_BATCH_BYTES={UNBOUNDED_BATCH_BYTES // MIB} MiB: "
+            "rows bound the pass):"
+        )
+        for r in rows:
+            if "unbounded_max_rss_mb" in r:
+                print(
+                    f"  {r['payload_kb']:>4} KB: {r['unbounded_per_s']:>7.0f} events/s, "
+                    f"{r['unbounded_cpu_us']:.1f} us/event, {r['unbounded_passes']} passes, peak RSS "
+                    f"{r['unbounded_max_rss_mb']:.0f} MB (budgeted: {r['relay_max_rss_mb']:.0f} MB)"
+                )
 
 
 if __name__ == "__main__":

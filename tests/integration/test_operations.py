@@ -57,6 +57,37 @@ def test_redrive_from_the_dlq_puts_the_event_back_before_its_aggregates_later_ev
     assert [int(r.headers["seq"]) for r in records if r.key == b"B"] == [1, 2, 3], "B untouched"
 
 
+@pytest.mark.parametrize(
+    ("died_hours_ago", "retention", "at_risk"), [(48, "86400", True), (1, "86400", False), (0, "0", True)]
+)
+def test_redrive_warns_when_the_aggregates_later_events_may_be_deleted_already(
+    database: support.Database,
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    died_hours_ago: int,
+    retention: str,
+    at_risk: bool,
+) -> None:
+    """Later events of an aggregate go out after its dead one went DEAD; once that is longer ago
+    than the published retention, the janitor may have deleted them, and they cannot be sent
+    again after the redriven event: the redrive says so (it still redrives)."""
+    database.insert([support.Event("acct", "A", "e", b"{}", seq=n) for n in (1, 2)])
+    database.query(
+        "UPDATE outbox SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6) - INTERVAL %s HOUR WHERE seq = 1",
+        died_hours_ago,
+    )
+    env = {**relay_env, "OUTBOX_RETENTION_SECONDS": retention}
+    ((dead_id,),) = database.query("SELECT id FROM outbox WHERE status = 'DEAD'")
+
+    assert _run_cli(env, monkeypatch, "redrive", "--ids", str(dead_id)) == 0
+
+    out = capsys.readouterr().out
+    assert "redrove 1 event(s) of 1 aggregate(s)" in out
+    assert ("may have later events already deleted by retention (acct/A)" in out) is at_risk, out
+    assert database.query("SELECT status FROM outbox WHERE id = %s", dead_id) == [("PENDING",)]
+
+
 def test_redrive_waits_for_a_running_relay_and_changes_nothing_when_it_cannot(
     database: support.Database,
     relay_env: dict[str, str],
@@ -169,6 +200,11 @@ def test_status_shows_the_backlog_per_topic_and_the_leases_held(
     database.query("UPDATE outbox SET created_at = UTC_TIMESTAMP(6) - INTERVAL 90 SECOND WHERE id = 1")
     database.query("UPDATE outbox SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6) WHERE id IN (2, 31)")
     database.query(
+        "UPDATE outbox SET attempts = 2, last_error = 'broker said no',"
+        " available_at = UTC_TIMESTAMP(6) + INTERVAL 60 SECOND WHERE id = 3"
+    )
+    ((held_back,),) = database.query("SELECT aggregate_id FROM outbox WHERE id = 3")
+    database.query(
         "UPDATE outbox_shard SET lease_owner = 'relay-7f3a', lease_token = 'tttttttttttttttt', fence = 4,"
         " lease_until = UTC_TIMESTAMP(6) + INTERVAL 50 SECOND WHERE shard = 3"
     )
@@ -189,7 +225,12 @@ def test_status_shows_the_backlog_per_topic_and_the_leases_held(
     assert "outbox.event.customer       11     1" in out
     assert "outbox.event.order          29     1" in out
     assert "leases held: 1" in out
-    assert lines[-1].split()[:3] == ["3", "relay-7f3a", "4"] and 45 < float(lines[-1].split()[3]) <= 50
+    (lease,) = [line.split() for line in lines if "relay-7f3a" in line]
+    assert lease[:3] == ["3", "relay-7f3a", "4"] and 45 < float(lease[3]) <= 50
+    # The aggregates a row in backoff holds back, and why.
+    assert "aggregates held back by a row in backoff: 1" in out
+    (blocked,) = [line.split() for line in lines if line.startswith(f"order/{held_back} ")]
+    assert blocked[1] == "2" and 55 < float(blocked[2]) <= 60 and blocked[3:] == ["broker", "said", "no"]
 
 
 def test_purge_shows_first_then_deletes_dead_rows_and_their_dead_letters(

@@ -122,3 +122,68 @@ def test_a_full_metadata_wait_with_no_answer_is_a_kafka_outage() -> None:
     deadline = time.monotonic() + 5
     results = pub.send([msg(1, "slow"), msg(2, "orders")], deadline).wait(deadline)
     assert [r.delivery for r in results] == [Delivery.UNAVAILABLE, Delivery.UNAVAILABLE]
+
+
+# --- order after a producer-epoch bump ------------------------------------------------------
+
+
+class EpochBumpingProducer:
+    """The first producer fails ``m1`` with OutOfOrderSequenceNumber but delivers the later
+    records (kafka-python bumps the epoch without aborting); later producers deliver everything.
+    ``log`` is the partition as a consumer reads it: (key, record id) in the order they landed."""
+
+    def __init__(self, log: list[tuple[bytes, int]], generation: int, **config: Any) -> None:
+        self.config = dict(config)
+        self.log, self.generation = log, generation
+
+    def send(self, topic: str, value: bytes, key: bytes, headers: Any) -> Future:
+        record_id = int(value)
+        if self.generation == 0 and record_id == 1:
+            return Future(kafka_errors.OutOfOrderSequenceNumberError("out of order"))
+        self.log.append((key, record_id))
+        return Future()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_after_an_epoch_bump_the_later_records_of_the_isolated_key_go_again_after_it() -> None:
+    from outbox_relay import ordering
+    from outbox_relay.model import OutboxRecord
+
+    log: list[tuple[bytes, int]] = []
+    made: list[EpochBumpingProducer] = []
+
+    def factory(**config: Any) -> EpochBumpingProducer:
+        made.append(EpochBumpingProducer(log, len(made), **config))
+        return made[-1]
+
+    pub = KafkaPublisher(load_config(ENV).kafka, factory=factory)
+    rows = {
+        n: OutboxRecord(n, str(n), "t", "K" if n < 4 else "J", "e", b"{}", None, None, None, 0, 0, True)
+        for n in range(1, 6)
+    }
+    pending = dict(rows)
+    published: set[int] = set()
+    for _ in range(3):  # passes
+        if not pending:
+            break
+        batch = sorted(pending.values(), key=lambda r: r.id)
+        messages = [Message(r.id, "t", r.aggregate_id.encode(), str(r.id).encode(), []) for r in batch]
+        deadline = time.monotonic() + 5
+        results = pub.send(messages, deadline).wait(deadline)
+        settled = ordering.settle(list(zip(batch, results, strict=True)))
+        for record in settled.published:
+            published.add(record.id)
+            del pending[record.id]
+    assert published == set(rows)
+    # Each key's last copies, in the order they landed, are in outbox order.
+    last = {record_id: position for position, (_, record_id) in enumerate(log)}
+    for key in (b"K", b"J"):
+        ids = sorted((i for k, i in log if k == key), key=lambda i: last[i])
+        ids = list(dict.fromkeys(ids))
+        assert ids == sorted(ids), (key, log)
+    assert log.count((b"K", 2)) == 2, "K's record 2 landed before 1's re-send, so it was sent again"

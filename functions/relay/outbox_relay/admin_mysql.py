@@ -17,7 +17,7 @@ import pymysql
 
 from .config import RetentionSettings
 from .messages import topic_for
-from .model import OutboxRecord
+from .model import BLOCKED_LISTED, OutboxRecord
 from .ports import StoreUnavailable
 from .store_mysql import MySQLOutboxStore, micros
 
@@ -59,6 +59,17 @@ class LeaseHeld:
     seconds_left: float
 
 
+@dataclass(frozen=True)
+class BlockedHead:
+    """A pending row in backoff: it holds its aggregate's later events back until then."""
+
+    aggregate_type: str
+    aggregate_id: str
+    attempts: int
+    reason: str
+    retry_in_seconds: float
+
+
 @dataclass
 class Status:
     pending: int
@@ -67,6 +78,8 @@ class Status:
     published: int
     routes: list[RouteCount] = field(default_factory=list)
     leases: list[LeaseHeld] = field(default_factory=list)
+    blocked_count: int = 0
+    blocked: list[BlockedHead] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +93,11 @@ class Status:
             "leases": [
                 {**lease.__dict__, "seconds_left": round(lease.seconds_left, 1)} for lease in self.leases
             ],
+            "blocked_aggregates": self.blocked_count,
+            "blocked": [
+                {**head.__dict__, "retry_in_seconds": round(head.retry_in_seconds, 1)}
+                for head in self.blocked
+            ],
         }
 
 
@@ -88,6 +106,9 @@ class RedriveReport:
     redriven: int
     republished: int
     aggregates: int
+    # Aggregates whose later events may already be deleted by retention: those cannot be sent
+    # again after the redriven one, so consumers may see it after them.
+    order_at_risk: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": True, "action": "redrive", **self.__dict__}
@@ -105,10 +126,13 @@ class DeadRow:
 class OutboxAdmin:
     """Operator commands over the same connection handling as the relay's store."""
 
-    def __init__(self, store: MySQLOutboxStore, topic_template: str) -> None:
+    def __init__(
+        self, store: MySQLOutboxStore, topic_template: str, retention: RetentionSettings | None = None
+    ) -> None:
         self.store = store
         self.sql = store.sql
         self.topic_template = topic_template
+        self.retention = retention or RetentionSettings()
 
     # --- retention -----------------------------------------------------------------------
 
@@ -183,6 +207,13 @@ class OutboxAdmin:
                 leases = [
                     LeaseHeld(int(s), str(o or "-"), int(f), float(left)) for s, o, f, left in cur.fetchall()
                 ]
+                cur.execute(self.sql.blocked_count(len(shards)), shards)
+                (blocked_count,) = cur.fetchone() or (0,)
+                cur.execute(self.sql.blocked_heads(len(shards)), [*shards, BLOCKED_LISTED])
+                blocked = [
+                    BlockedHead(str(t), str(a), int(n), str(why or ""), float(left or 0))
+                    for t, a, n, why, left in cur.fetchall()
+                ]
             routes = [RouteCount(t, p, d) for t, (p, d) in sorted(per_topic.items())]
             return Status(
                 pending=stats.pending,
@@ -191,6 +222,8 @@ class OutboxAdmin:
                 published=int(published),
                 routes=routes,
                 leases=leases,
+                blocked_count=int(blocked_count),
+                blocked=blocked,
             )
 
         return self.store.run(work, "status")
@@ -243,6 +276,12 @@ class OutboxAdmin:
             f"redrove {report.redriven} event(s) of {report.aggregates} aggregate(s); "
             f"{report.republished} later event(s) of those aggregates will be published again after them"
         )
+        if report.order_at_risk:
+            progress(
+                f"warning: {len(report.order_at_risk)} aggregate(s) may have later events already deleted by "
+                f"retention ({', '.join(report.order_at_risk[:10])}): those cannot go out again after the "
+                "redriven event, so consumers may see it after them (compare `seq`)"
+            )
         return report
 
     def _lease(self, token: bytes, shards: list[int], wait_seconds: float) -> None:
@@ -278,6 +317,12 @@ class OutboxAdmin:
                     if any(held != token for _, held in cur.fetchall()):
                         conn.rollback()
                         raise AdminError("lost the shard lease while redriving; nothing was changed")
+                    # Before the redrive clears dead_at: how long ago each aggregate's row died.
+                    at_risk = [
+                        f"{row.aggregate_type}/{row.aggregate_id}"
+                        for row in first.values()
+                        if self._later_events_may_be_gone(cur, row)
+                    ]
                     redriven = cur.execute(self.sql.redrive_dead(len(rows)), [r.id for r in rows])
                     republished = 0
                     for row in first.values():
@@ -289,9 +334,18 @@ class OutboxAdmin:
             except BaseException:
                 self.store.rollback()
                 raise
-            return RedriveReport(redriven, republished, len(first))
+            return RedriveReport(redriven, republished, len(first), at_risk)
 
         return self.store.run(work, "redrive")
+
+    def _later_events_may_be_gone(self, cur: Any, row: DeadRow) -> bool:
+        """Later events of the aggregate went out after this one went DEAD (head-of-line), so the
+        janitor may have deleted them once ``dead_at`` is older than the published retention;
+        with retention 0 every published event is deleted at once."""
+        if self.retention.published_seconds == 0:
+            return True
+        cur.execute(self.sql.dead_before, (row.id, self.retention.published_seconds))
+        return bool(cur.fetchone())
 
     def purge_dead(self, ids: Sequence[int]) -> int:
         """Delete DEAD rows (after their dead letters were dealt with); one statement."""

@@ -144,6 +144,23 @@ def _status(args: argparse.Namespace) -> int:
                 [[x.shard, x.owner, x.fence, round(x.seconds_left, 1)] for x in status.leases],
             )
         )
+    print()
+    print(f"aggregates held back by a row in backoff: {status.blocked_count}")
+    if status.blocked:
+        print(
+            table(
+                ["AGGREGATE", "ATTEMPTS", "RETRY IN (s)", "WHY"],
+                [
+                    [
+                        f"{b.aggregate_type}/{b.aggregate_id}"[:60],
+                        b.attempts,
+                        round(b.retry_in_seconds, 1),
+                        b.reason[:80],
+                    ]
+                    for b in status.blocked
+                ],
+            )
+        )
     return 0
 
 

@@ -184,6 +184,7 @@ class KafkaPublisher:
             # The producer may be in a fatal state: replace it and find the culprit alone.
             self._discard()
             self._isolate(messages, results, poisoned, deadline)
+            _after_isolation(messages, results, poisoned)
         final = [r if r is not None else SendResult(Delivery.NOT_SENT) for r in results]
         if any(r.delivery is Delivery.UNAVAILABLE for r in final):
             self._discard()  # start the next run on a fresh connection and producer epoch
@@ -345,6 +346,29 @@ class _Batch:
         if self._results is None:
             self._results = self._publisher._collect(*self._args, deadline=deadline)
         return self._results
+
+
+def _after_isolation(
+    messages: Sequence[Message], results: list[SendResult | None], poisoned: list[int]
+) -> None:
+    """Later records of a key whose earlier record was isolated are not delivered in order.
+
+    After OutOfOrderSequence, UnknownProducerId or InvalidProducerEpoch kafka-python bumps the
+    epoch without aborting: a later batch of the same key may be delivered while the failed one
+    is not, and the failed record's isolated re-send then lands after it.  So every record after
+    the first isolated one of its (topic, key) that the original batch delivered counts as not
+    sent: the contiguous-prefix rule keeps it pending and the next pass sends it again, after.
+    """
+    first: dict[tuple[str, bytes], int] = {}
+    for index in poisoned:
+        first.setdefault((messages[index].topic, messages[index].key), index)
+    isolated = set(poisoned)
+    for index, message in enumerate(messages):
+        start = first.get((message.topic, message.key))
+        if start is not None and index > start and index not in isolated:
+            result = results[index]
+            if result is not None and result.delivery is Delivery.DELIVERED:
+                results[index] = SendResult(Delivery.NOT_SENT)
 
 
 def _classify(exc: BaseException) -> SendResult:

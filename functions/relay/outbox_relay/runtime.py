@@ -92,7 +92,7 @@ class Runtime:
 
     def admin(self) -> OutboxAdmin:
         self.store.check()
-        return OutboxAdmin(self.store, self.config.relay.topic_template)
+        return OutboxAdmin(self.store, self.config.relay.topic_template, self.config.retention)
 
     def close(self) -> None:
         self.publisher.close()

@@ -244,6 +244,23 @@ class OutboxSql:
             " GROUP BY aggregate_type, event_type, topic, status"
         )
 
+    def blocked_heads(self, shards: int) -> str:
+        """Rows backing off: the heads that hold their aggregates back, oldest first, with why and
+        for how long.  Parameters: shards, then a limit.  (Reads every pending row's
+        ``available_at``: an operator command, not the relay's loop.)"""
+        return (
+            "SELECT aggregate_type, aggregate_id, attempts, last_error,"
+            " TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), available_at) / 1e6"
+            f" FROM `{self.table}` WHERE shard IN ({_marks(shards)}) AND status = 'PENDING'"
+            " AND available_at > UTC_TIMESTAMP(6) ORDER BY id LIMIT %s"
+        )
+
+    def blocked_count(self, shards: int) -> str:
+        return (
+            f"SELECT COUNT(*) FROM `{self.table}` WHERE shard IN ({_marks(shards)})"
+            " AND status = 'PENDING' AND available_at > UTC_TIMESTAMP(6)"
+        )
+
     @property
     def published_count(self) -> str:
         return f"SELECT COUNT(*) FROM `{self.table}` WHERE status = 'PUBLISHED'"
@@ -289,6 +306,13 @@ class OutboxSql:
             " available_at = '1970-01-01 00:00:00.000000'"
             " WHERE shard = %s AND status = 'PUBLISHED' AND id > %s"
             " AND aggregate_type = %s AND aggregate_id = %s"
+        )
+
+    @property
+    def dead_before(self) -> str:
+        """A row when the DEAD row went dead longer ago than a retention.  Parameters: id, seconds."""
+        return (
+            f"SELECT 1 FROM `{self.table}` WHERE id = %s AND dead_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
         )
 
     def purge_dead_ids(self, ids: int) -> str:
