@@ -4,10 +4,12 @@
     .venv/bin/python -m tests.faults.runner --runs 1 --seed 42 -v    # replay one run
 
 One run: writers insert events under the writer contract (lock the aggregate, then insert with
-``seq`` = its new version), a few of them poison (oversized, not JSON, or too large for their
-topic's broker limit) or for a topic that does not exist yet (held back, never charged, until the
-drain creates it); relay invocations run as separate processes, two at a
-time, with short timeouts; and a fault injector, seeded, picks faults at random moments:
+``seq`` = its new version), some large (20 to 200 KB), a few of them poison (oversized, not JSON,
+too large for their topic's broker limit, or hostile: a lone surrogate in ``headers``, JSON nested
+past the recursion limit, a Kafka-internal topic, control characters) or for a topic that does
+not exist yet (held back, never charged, until the drain creates it); relay invocations run as
+separate processes, two at a time, with short timeouts; and a fault injector, seeded, picks
+faults at random moments:
 
     kill_relay           SIGKILL an invocation mid-batch
     stall_takeover       SIGSTOP an invocation, expire its leases, start a taker-over, then kill
@@ -17,10 +19,15 @@ time, with short timeouts; and a fault injector, seeded, picks faults at random 
     lock_contention      hold every shard row FOR UPDATE past the relays' lock-wait timeout
     short_deadline       an invocation with 1.1-1.6 s to live: the deadline lands mid-flush
     dlq_unavailable      an invocation whose dead-letter queue does not exist
+    dlq_stalled          an invocation whose SQS endpoint accepts and never answers
     kafka_restart        SIGKILL the broker and start it again (at most once per run)
 
 Then the faults stop, healthy invocations drain what is left, and the checker compares the
-outbox, every topic read back and the dead-letter queue.  Everything on 127.0.0.1.
+outbox, every topic read back and the dead-letter queue.  Every invocation must return (a crash
+is one that exited with an error and was not killed by a fault) within a peak RSS of
+``MEMORY_CAP_MB``; no aggregate may be left pending after the drain.  Producer-epoch bumps are not
+injected here (a real broker gives no handle on them): a scripted producer shows that rule
+(``tests/unit/test_publisher_topics.py``).  Everything on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -58,8 +65,20 @@ FAULTS = {
     "lock_contention": 2,
     "short_deadline": 2,
     "dlq_unavailable": 1,
+    "dlq_stalled": 1,
 }
-POISON = ("oversized", "not_json", "missing_topic", "broker_rejects")
+POISON = (
+    "oversized",
+    "not_json",
+    "missing_topic",
+    "broker_rejects",
+    "surrogate_headers",
+    "deep_json",
+    "internal_topic",
+    "control_chars",
+)
+MESSAGE_LIMIT = 256 * 1024
+MEMORY_CAP_MB = 200.0
 
 RELAY_CHILD = """
 import json, os, sys
@@ -67,8 +86,9 @@ os.environ.update(json.loads(sys.argv[1]))
 from outbox_relay.cli import LocalContext
 from outbox_relay.handler import lambda_handler
 summary = lambda_handler({}, LocalContext(float(sys.argv[2]), request_id=sys.argv[3]))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 with open(sys.argv[4], "w") as out:
-    json.dump(summary, out)
+    json.dump({"summary": summary, "peak_rss_mb": hwm / 1024}, out)
 """
 
 
@@ -83,10 +103,13 @@ class RunResult:
     verdict: Verdict
     drain_rounds: int
     errors: list[str] = field(default_factory=list)
+    crashed: int = 0
+    starved: int = 0
+    peak_rss_mb: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.verdict.ok and not self.errors
+        return self.verdict.ok and not self.errors and not self.crashed and not self.starved
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +121,9 @@ class RunResult:
             "invocations": self.invocations,
             "faults": dict(self.faults),
             "drain_rounds": self.drain_rounds,
+            "crashed": self.crashed,
+            "starved": self.starved,
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
             "errors": self.errors,
             **self.verdict.as_dict(),
         }
@@ -125,6 +151,9 @@ class Run:
         self.faults: Counter[str] = Counter()
         self.errors: list[str] = []
         self.stalled: set[int] = set()  # pids we SIGSTOPped: they are killed, never resumed
+        self.killed: set[int] = set()  # pids a fault killed: no summary expected from them
+        self.finished: list[tuple[subprocess.Popen[bytes], str]] = []
+        self.sqs_stall: support.DelayProxy | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="outbox-faults-"))
         sqs = boto3.client("sqs", endpoint_url=support.MOTO)
         self.dlq = sqs.create_queue(QueueName=f"faults-{self.prefix}")["QueueUrl"]
@@ -171,7 +200,8 @@ class Run:
             "OUTBOX_MAX_ATTEMPTS": "3",
             "OUTBOX_BACKOFF_BASE_SECONDS": "0.05",
             "OUTBOX_BACKOFF_MAX_SECONDS": "0.3",
-            "OUTBOX_MAX_MESSAGE_BYTES": "4096",
+            "OUTBOX_MAX_MESSAGE_BYTES": str(MESSAGE_LIMIT),
+            "OUTBOX_MAX_BATCH_BYTES": str(self.rng.choice([64 * 1024, 1024 * 1024, 8 * 1024 * 1024])),
             "OUTBOX_DB_LOCK_WAIT_TIMEOUT_SECONDS": "1",
             "KAFKA_REQUEST_TIMEOUT_MS": "1500",
             "KAFKA_DELIVERY_TIMEOUT_MS": "3000",
@@ -192,6 +222,7 @@ class Run:
         )
         with self.lock:
             self.children.append((child, owner))
+            self.finished.append((child, owner))
             self.invocations += 1
         return child, owner
 
@@ -228,26 +259,35 @@ class Run:
 
     def _write_one(self, conn: Any, rng: random.Random) -> None:
         aggregate = f"acct-{rng.randrange(60)}"
-        kind = rng.choice(POISON) if rng.random() < 0.02 else "ok"
-        topic = None
-        body = json.dumps(
-            {"aggregate": aggregate, "kind": kind, "pad": "p" * rng.randrange(50, 400)}
-        ).encode()
-        if kind == "oversized":
-            body = json.dumps({"pad": "o" * 5000}).encode()
+        kind = rng.choice(POISON) if rng.random() < 0.03 else "ok"
+        topic = headers = None
+        pad = (
+            rng.randrange(20_000, 200_000) if kind == "ok" and rng.random() < 0.05 else rng.randrange(50, 400)
+        )
+        body = json.dumps({"aggregate": aggregate, "kind": kind, "pad": "p" * pad}).encode()
+        if kind == "oversized":  # never loaded: dead-lettered by its size
+            body = json.dumps({"pad": "o" * (MESSAGE_LIMIT + 1000)}).encode()
         elif kind == "not_json":
             body = b"{not json"
         elif kind == "missing_topic":
             topic = f"{self.prefix}.missing"
         elif kind == "broker_rejects":
             topic, body = f"{self.prefix}.blob", json.dumps({"pad": "b" * 3000}).encode()
+        elif kind == "surrogate_headers":
+            headers = '{"trace": "\\ud800"}'
+        elif kind == "deep_json":
+            body = b"[" * 5000 + b"]" * 5000
+        elif kind == "internal_topic":
+            topic = "__consumer_offsets"
+        elif kind == "control_chars":  # not JSON, and its dead letter must escape them for SQS
+            body, headers = b"\x00\x07\xef\xbf\xbe", '{"ctl": "\\u0000\\u0007\\ufffe\\uffff"}'
         with conn.cursor() as cur:
             cur.execute("SELECT version FROM aggregates WHERE id = %s FOR UPDATE", (aggregate,))
             (version,) = cur.fetchone()
             cur.execute(
-                "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, topic, seq)"
-                " VALUES (%s, 'acct', %s, 'Changed', %s, %s, %s)",
-                (str(uuid.uuid4()), aggregate, body, topic, version + 1),
+                "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, topic,"
+                " headers, seq) VALUES (%s, 'acct', %s, 'Changed', %s, %s, %s, %s)",
+                (str(uuid.uuid4()), aggregate, body, topic, headers, version + 1),
             )
             cur.execute("UPDATE aggregates SET version = %s WHERE id = %s", (version + 1, aggregate))
         conn.commit()
@@ -284,6 +324,7 @@ class Run:
         self.faults[kind] += 1
         self.say(f"fault {kind}")
         if kind == "kill_relay" and victim is not None:
+            self.killed.add(victim[0].pid)
             victim[0].send_signal(signal.SIGKILL)
         elif kind == "stall_takeover" and victim is not None:
             child, owner = victim
@@ -321,6 +362,11 @@ class Run:
             self.start_relay(
                 self.rng.uniform(3.0, 5.0), DLQ_QUEUE_URL=self.dlq.rsplit("/", 1)[0] + "/no-such-queue"
             )
+        elif kind == "dlq_stalled":
+            if self.sqs_stall is None:
+                self.sqs_stall = support.DelayProxy(port=0, upstream=("127.0.0.1", 5000))
+                self.sqs_stall.stall = True
+            self.start_relay(self.rng.uniform(3.0, 5.0), AWS_ENDPOINT_URL_SQS=self.sqs_stall.url)
         elif kind == "kafka_restart":
             support.stack("kill", "kafka")
             time.sleep(self.rng.uniform(0.5, 2.0))
@@ -359,6 +405,7 @@ class Run:
             try:
                 child.wait(timeout=15)  # every invocation's timeout is under 5 s
             except subprocess.TimeoutExpired:
+                self.killed.add(child.pid)
                 child.kill()
                 if child.pid not in self.stalled:
                     self.errors.append(f"invocation {owner} ran past its timeout")
@@ -367,7 +414,9 @@ class Run:
         # operator creates the topic and they go out, in order, with the rest.
         ensure_topics([support.KAFKA], [f"{self.prefix}.missing"], partitions=1)
         rounds = self.drain()
+        starved = self.starved()
         verdict = self.verify()
+        crashed, peak = self.outcomes()
         self.cleanup()
         return RunResult(
             self.seed,
@@ -379,7 +428,36 @@ class Run:
             verdict,
             rounds,
             self.errors,
+            crashed,
+            starved,
+            peak,
         )
+
+    def starved(self) -> int:
+        """Aggregates the drain left pending (each drain round is a healthy invocation)."""
+        with support.connect(self.database) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT COUNT(DISTINCT aggregate_type, aggregate_id) FROM outbox WHERE status = 'PENDING'"
+            )
+            (count,) = cur.fetchone() or (0,)
+        return int(count)
+
+    def outcomes(self) -> tuple[int, float]:
+        """Invocations that crashed (exited with an error, or without a summary, and were not
+        killed by a fault), and the highest peak RSS of those that returned."""
+        crashed, peak = 0, 0.0
+        for child, owner in self.finished:
+            if child.poll() is None or child.pid in self.killed or child.pid in self.stalled:
+                continue
+            out = self.tmp / f"{owner}.json"
+            if child.returncode != 0 or not out.exists():
+                crashed += 1
+                self.errors.append(f"invocation {owner} crashed (exit {child.returncode})")
+                continue
+            peak = max(peak, float(json.loads(out.read_text())["peak_rss_mb"]))
+        if peak > MEMORY_CAP_MB:
+            self.errors.append(f"an invocation peaked at {peak:.0f} MB RSS (cap {MEMORY_CAP_MB:.0f} MB)")
+        return crashed, peak
 
     def drain(self) -> int:
         """Healthy invocations until nothing is pending (killed runs' leases expire first)."""
@@ -416,6 +494,8 @@ class Run:
         return check(rows, records, letters)
 
     def cleanup(self) -> None:
+        if self.sqs_stall is not None:
+            self.sqs_stall.close()
         with support.connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
         boto3.client("sqs", endpoint_url=support.MOTO).delete_queue(QueueUrl=self.dlq)
@@ -471,6 +551,9 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
         "unequal_copies": sum(len(r.verdict.unequal_copies) for r in results),
         "dead": sum(r.verdict.dead for r in results),
         "dead_without_letter": sum(len(r.verdict.dead_without_letter) for r in results),
+        "crashed_invocations": sum(r.crashed for r in results),
+        "starved_aggregates": sum(r.starved for r in results),
+        "peak_rss_mb": round(max((r.peak_rss_mb for r in results), default=0.0), 1),
         "seconds": round(sum(r.seconds for r in results)),
     }
 

@@ -18,3 +18,7 @@ def test_randomized_faults_lose_nothing_and_keep_per_aggregate_order() -> None:
     assert summary["events_written"] > 1000 and sum(summary["faults"].values()) >= 15
     assert summary["dead"] > 0 and summary["dead_without_letter"] == 0
     assert summary["faults"].get("kafka_restart") == 1
+    # Liveness: every invocation returned (none crashed), within the memory cap, and the drain
+    # left no aggregate behind.
+    assert summary["crashed_invocations"] == 0 and summary["starved_aggregates"] == 0, summary
+    assert 0 < summary["peak_rss_mb"] <= 200, summary
