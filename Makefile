@@ -8,7 +8,7 @@ SAM := .venv-sam/bin/sam
 export SAM_CLI_TELEMETRY := 0
 RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
-.PHONY: bench faults dev venv tools sam-cli stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
+.PHONY: bench faults dev venv tools lock check-lock sam-cli stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
 	format build smoke fetch-rds-ca rie rie-path local-build host-runtime invoke-local clean
 
 dev: venv stack-up migrate          ## everything for local work
@@ -58,7 +58,20 @@ tools: .venv-tools/.installed
 	$(TOOLS)/pip install --quiet checkov==3.3.30
 	touch .venv-tools/.installed
 
-lint: venv lint-template
+# The layer's pins come from pyproject.toml (the relay extra), resolved for the Lambda runtime
+# with every artifact's hash; --exclude-newer keeps the transitive pins from moving under CI.
+LOCK := $(PY)/uv pip compile pyproject.toml --extra relay --python-version 3.13 \
+	--python-platform aarch64-manylinux_2_34 --generate-hashes --exclude-newer 2026-11-30 \
+	--custom-compile-command "make lock" --quiet
+
+lock: venv                          ## regenerate layers/deps/requirements.txt from pyproject.toml
+	$(LOCK) -o layers/deps/requirements.txt
+
+check-lock: venv                    ## the layer's pins are what pyproject.toml resolves to
+	@tmp=$$(mktemp) && $(LOCK) -o $$tmp && diff -u layers/deps/requirements.txt $$tmp \
+		&& rm -f $$tmp || { rm -f $$tmp; echo "layers/deps/requirements.txt is out of date: run 'make lock'" >&2; exit 1; }
+
+lint: venv lint-template check-lock
 	$(PY)/ruff check .
 	$(PY)/ruff format --check .
 	$(PY)/mypy

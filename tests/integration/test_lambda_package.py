@@ -35,10 +35,14 @@ def _strings(node: Any) -> Iterator[str]:
 
 
 def environment_paths(template: Path) -> dict[str, set[str]]:
-    """Absolute paths named by RelayFunction's environment (any branch), by variable."""
-    function = yaml_parse(template.read_text())["Resources"]["RelayFunction"]["Properties"]
+    """Absolute paths named by RelayFunction's environment (any branch; Globals merged under the
+    function's own, as SAM does), by variable."""
+    parsed = yaml_parse(template.read_text())
+    function = parsed["Resources"]["RelayFunction"]["Properties"]
+    shared = parsed.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    variables = {**shared, **function.get("Environment", {}).get("Variables", {})}
     paths: dict[str, set[str]] = {}
-    for name, value in function.get("Environment", {}).get("Variables", {}).items():
+    for name, value in variables.items():
         for text in _strings(value):
             if text.startswith("/"):
                 paths.setdefault(name, set()).add(text)

@@ -138,3 +138,48 @@ def test_samconfig_has_dev_and_prod() -> None:
         assert config[env]["global"]["parameters"]["stack_name"].startswith("outbox-relay-")
         overrides = config[env]["deploy"]["parameters"]["parameter_overrides"]
         assert "MskClusterArn=" in overrides and "DbSecretArn=" in overrides
+
+
+def test_the_layer_is_named_per_stack_and_both_functions_share_one_environment() -> None:
+    (layer,) = resources("AWS::Lambda::LayerVersion").values()
+    assert layer["Properties"]["LayerName"] == {"Fn::Sub": "${AWS::StackName}-deps"}
+    functions = resources("AWS::Lambda::Function")
+    envs = [f["Properties"]["Environment"]["Variables"] for f in functions.values()]
+    assert envs[0] == envs[1], "the configuration is validated as a whole: one environment"
+    assert envs[0]["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
+    assert envs[0]["POWERTOOLS_METRICS_NAMESPACE"] == "OutboxRelay"
+    template = yaml_parse((ROOT / "template.yaml").read_text())
+    assert "Environment" in template["Globals"]["Function"]
+    assert all(
+        "Environment" not in r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::Serverless::Function"
+    )
+
+
+def test_every_layer_pin_is_exact_and_hashed_and_the_top_level_ones_are_pyprojects() -> None:
+    """The layer's pins are generated from pyproject.toml (`make lock`; `make lint` re-resolves
+    and compares): every requirement is `name==version` with hashes, and every pin of the relay
+    extra and the base dependencies appears as is."""
+    text = (ROOT / "layers/deps/requirements.txt").read_text()
+    pins: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("--hash=sha256:"):
+            pins[current].append(stripped)
+            continue
+        requirement = stripped.rstrip(" \\")
+        assert "==" in requirement and ";" not in requirement, requirement
+        current = requirement
+        pins[current] = []
+    assert pins and all(hashes for hashes in pins.values()), "every pin carries its hashes"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    top_level = project["dependencies"] + project["optional-dependencies"]["relay"]
+    normalized = {p.lower().replace("_", "-") for p in pins}
+    for requirement in top_level:
+        name = requirement.split("[")[0].split("==")[0]
+        version = requirement.split("==")[1]
+        assert f"{name.lower().replace('_', '-')}=={version}" in normalized, requirement
