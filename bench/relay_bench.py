@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -715,14 +715,17 @@ def report_rows(rows: list[dict[str, Any]]) -> None:
             f"{r['db_per_s']:>8.0f}  {r['relay_vs_naive']:>10.1f}x  {r['relay_vs_slower_limit']:>16.0%}  "
             f"{r['relay_max_rss_mb']:>12.0f}"
         )
-    print(
-        f"\n{'events':>7}  {'Python CPU per event: relay':>28}  {'kafka':>8}  {'db':>8}  {'kafka + db':>10}"
-    )
+    cpu_table(rows, "events", lambda r: f"{r['events']:>7}")
+
+
+def cpu_table(rows: list[dict[str, Any]], label: str, first: Callable[[dict[str, Any]], str]) -> None:
+    """Python CPU per event of the relay beside the raw limits' (one row per measured size)."""
+    print(f"\n{label:>7}  {'Python CPU per event: relay':>28}  {'kafka':>9}  {'db':>9}  {'kafka + db':>10}")
     for r in rows:
         both = r["kafka_cpu_us"] + r["db_cpu_us"]
         print(
-            f"{r['events']:>7}  {r['relay_cpu_us']:>25.1f} us  {r['kafka_cpu_us']:>5.1f} us  "
-            f"{r['db_cpu_us']:>5.1f} us  {both:>7.1f} us"
+            f"{first(r)}  {r['relay_cpu_us']:>25.1f} us  {r['kafka_cpu_us']:>6.1f} us  "
+            f"{r['db_cpu_us']:>6.1f} us  {both:>7.1f} us"
         )
 
 
@@ -738,15 +741,7 @@ def report_payloads(rows: list[dict[str, Any]]) -> None:
             f"{r['db_mib_per_s']:>6.1f}  {r['relay_vs_slower_limit']:>16.0%}  {r['relay_passes']:>6}  "
             f"{r['relay_max_rss_mb']:>12.0f}"
         )
-    print(
-        f"\n{'payload':>7}  {'Python CPU per event: relay':>28}  {'kafka':>9}  {'db':>9}  {'kafka + db':>10}"
-    )
-    for r in rows:
-        both = r["kafka_cpu_us"] + r["db_cpu_us"]
-        print(
-            f"{r['payload_kb']:>4} KB  {r['relay_cpu_us']:>25.1f} us  {r['kafka_cpu_us']:>6.1f} us  "
-            f"{r['db_cpu_us']:>6.1f} us  {both:>7.1f} us"
-        )
+    cpu_table(rows, "payload", lambda r: f"{r['payload_kb']:>4} KB")
     if any("unbounded_max_rss_mb" in r for r in rows):
         print(
             f"\nbyte budget out of the way (OUTBOX_MAX_BATCH_BYTES={UNBOUNDED_BATCH_BYTES // MIB} MiB: "
