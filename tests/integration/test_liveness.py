@@ -391,3 +391,33 @@ def test_an_aggregate_whose_backoff_ends_during_the_run_is_sent_in_that_run(
     assert failed == {first}
     assert summary.published == 6003 and summary.retried == 1, summary
     assert database.status_counts() == {"PUBLISHED": 6003}
+
+
+def test_a_connection_that_hangs_in_its_handshake_ends_past_the_deadline_by_half_a_second_at_most(
+    database: support.Database, relay_env: dict[str, str]
+) -> None:
+    """A server that accepts the connection and never answers (a failing-over writer, a black
+    hole): opening the connection is bounded by the deadline too, not by a 30 s read timeout."""
+    import dataclasses
+
+    proxy = support.DelayProxy(port=0, upstream=("127.0.0.1", support.DB_PORT))
+    proxy.stall = True
+    try:
+        config = load_config(relay_env)
+        host, port = proxy.url.removeprefix("http://").split(":")
+        settings = dataclasses.replace(config.database, host=host, port=int(port))
+        store: MySQLOutboxStore | None = None
+
+        def timeout() -> float:
+            assert store is not None
+            return store.statement_timeout()
+
+        store = MySQLOutboxStore(connector(settings, timeout=timeout), OutboxSql())
+        store.deadline = time.monotonic() + 1.0
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.pending_stats()
+        seconds = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert seconds < 2.5, f"connecting blocked {seconds:.1f} s for a deadline 1 s away"

@@ -19,7 +19,14 @@ from outbox_relay.dead_letters import DeadLetterDispatch
 from outbox_relay.messages import InvalidEvent, encode, legal_topic
 from outbox_relay.model import DeadLetter, Delivery, Message, OutboxRecord, SendResult
 from outbox_relay.ports import DeadLetterQueueDown
-from outbox_relay.shard_sweep import MAX_SKIP_PAGES, MAX_SKIPPED_KEYS, Block, ShardSweep, advance
+from outbox_relay.shard_sweep import (
+    EXPIRY_SLACK_SECONDS,
+    MAX_SKIP_PAGES,
+    MAX_SKIPPED_KEYS,
+    Block,
+    ShardSweep,
+    advance,
+)
 
 SETTINGS = RelaySettings()
 
@@ -138,7 +145,7 @@ def test_rows_left_by_the_pass_limit_are_deferred_not_blocked() -> None:
     assert selection.deferred == {2, 3}
 
 
-BLOCK = Block("backing off", until=1e12)
+BLOCK = Block("backing off", until=1e12, head=1)
 
 
 def test_a_full_page_of_newly_blocked_rows_is_read_again_leaving_them_out() -> None:
@@ -178,15 +185,36 @@ def test_a_busy_shard_steps_over_the_blocked_rows_its_page_starts_with_but_not_p
     assert sweeps[0].cursor == 1, "a row in flight (here of a blocked aggregate) is never stepped over"
 
 
-def test_a_block_ends_when_its_head_is_due_and_the_shard_is_read_from_its_start() -> None:
+def test_a_block_ends_when_its_head_is_due_and_the_shard_is_read_again_from_that_head() -> None:
     sweep = ShardSweep(cursor=40, skipped_pages=3, idle=True)
-    sweep.block(("t", "A"), "backing off", until=10.0)
-    sweep.block(("t", "B"), "topic missing", until=99.0)
-    sweep.expire(5.0)
+    sweep.block(("t", "A"), "backing off", until=10.0, head=25)
+    sweep.block(("t", "B"), "topic missing", until=99.0, head=7)
+    sweep.expire(10.0)  # the slack: not before the database's due time
     assert set(sweep.blocked) == {("t", "A"), ("t", "B")} and sweep.cursor == 40 and sweep.idle
-    sweep.expire(10.0)
+    sweep.expire(10.0 + EXPIRY_SLACK_SECONDS)
     assert set(sweep.blocked) == {("t", "B")}
-    assert (sweep.cursor, sweep.skipped_pages, sweep.idle) == (0, 0, False)
+    # Below A's head, not the shard's start: with blocks ending one after another on a shard
+    # with many blocked aggregates, a read from the start would never get further.
+    assert (sweep.cursor, sweep.skipped_pages, sweep.idle) == (24, 3, False)
+
+
+def test_a_row_too_heavy_for_what_other_rows_leave_of_the_budget_is_marked_to_go_first() -> None:
+    rows = [rec(1, "A", shard=0), rec(2, "B", shard=1, payload=b"x" * 900), rec(3, "C", shard=2)]
+    selection = ordering.select(rows, set(), lambda r: Message(r.id, "t", b"", b"{}", []), byte_budget=500)
+    assert [r.id for r, _ in selection.sendable] == [1, 3] and selection.heavy == {("t", "B")}
+    # First in the next pass, it goes (a pass takes at least one row, whatever its weight).
+    again = ordering.select(
+        [rows[1], rows[0], rows[2]], set(), lambda r: Message(r.id, "t", b"", b"{}", []), byte_budget=100
+    )
+    assert [r.id for r, _ in again.sendable] == [2] and again.heavy == {("t", "A"), ("t", "C")}
+
+
+def test_an_unloaded_row_is_not_judged_on_its_topic_before_its_body_is_loaded() -> None:
+    from outbox_relay.messages import BodyNotLoaded
+
+    unloaded = rec(1, topic="bad topic", payload=b"", payload_size=30_000, loaded=False)
+    with pytest.raises(BodyNotLoaded):
+        encode(unloaded, SETTINGS)
 
 
 # --- the dead-letter queue ------------------------------------------------------------------

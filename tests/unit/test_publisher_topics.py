@@ -187,3 +187,38 @@ def test_after_an_epoch_bump_the_later_records_of_the_isolated_key_go_again_afte
         ids = list(dict.fromkeys(ids))
         assert ids == sorted(ids), (key, log)
     assert log.count((b"K", 2)) == 2, "K's record 2 landed before 1's re-send, so it was sent again"
+
+
+def test_a_remembered_topic_is_tried_again_within_the_same_run_once_the_memory_ends(monkeypatch: Any) -> None:
+    monkeypatch.setattr(publisher_kafka, "TOPIC_MEMORY_SECONDS", 0.0)
+    pub, made = publisher(denied=frozenset({"secret"}))
+    pub.new_run()
+    for n in (1, 2):  # two passes of one long (poll-window) run, no new_run() between
+        pub.send([msg(n, "secret")], time.monotonic() + 5).wait(time.monotonic() + 5)
+    assert made[0].sent == ["secret", "secret"]
+
+
+class BuggyProducer(Producer):
+    def send(self, topic: str, value: bytes, key: bytes, headers: Any) -> Future:
+        if topic == "boom":
+            raise AttributeError("a bug, not content")
+        return super().send(topic, value, key, headers)
+
+
+def test_a_bug_in_send_ends_the_run_in_doubt_and_drops_the_producer() -> None:
+    made: list[Producer] = []
+
+    def factory(**config: Any) -> Producer:
+        made.append(BuggyProducer(set(), set(), **config))
+        return made[-1]
+
+    pub = KafkaPublisher(load_config(ENV).kafka, factory=factory)
+    try:
+        pub.send([msg(1, "orders"), msg(2, "boom")], time.monotonic() + 5)
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("a bug must not be turned into a row's failure")
+    assert pub.in_doubt, "the record handed over before the bug may still land"
+    pub.send([msg(3, "orders")], time.monotonic() + 5).wait(time.monotonic() + 5)
+    assert len(made) == 2, "the producer was dropped"

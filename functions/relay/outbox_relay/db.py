@@ -12,7 +12,7 @@ import pymysql
 
 from .config import DatabaseSettings
 from .ports import CredentialsUnavailable
-from .store_mysql import Connect, error_code
+from .store_mysql import STATEMENT_TIMEOUT_SECONDS, Connect, error_code
 
 # ``read_secret(arn, fresh)``: the secret's string; ``fresh`` bypasses any cache.
 SecretReader = Callable[[str, bool], str]
@@ -114,9 +114,13 @@ def credentials_source(
 
 
 def connector(
-    settings: DatabaseSettings, read_secret: SecretReader | None = None, sign_token: TokenSigner | None = None
+    settings: DatabaseSettings,
+    read_secret: SecretReader | None = None,
+    sign_token: TokenSigner | None = None,
+    timeout: Callable[[], float] | None = None,
 ) -> Connect:
-    """A function opening one autocommit PyMySQL connection.
+    """A function opening one autocommit PyMySQL connection.  ``timeout`` (seconds, asked at each
+    connect) bounds its handshake and first statements, e.g. by the invocation's deadline.
 
     Credentials are looked up per connection, so a rotation is picked up on reconnect.  With a
     secret, its ``username`` (when a string) wins over ``OUTBOX_DB_USER``; and when the server
@@ -129,6 +133,7 @@ def connector(
     tls = tls_context(settings)
 
     def open_as(who: Credentials) -> pymysql.connections.Connection[Any]:
+        seconds = STATEMENT_TIMEOUT_SECONDS if timeout is None else timeout()
         return pymysql.connect(
             host=settings.host,
             port=settings.port,
@@ -137,9 +142,10 @@ def connector(
             database=settings.name,
             charset="utf8mb4",
             autocommit=True,
-            connect_timeout=settings.connect_timeout_seconds,
-            read_timeout=30,
-            write_timeout=30,
+            connect_timeout=min(settings.connect_timeout_seconds, seconds),
+            # The handshake and the session set-up read with these: bounded like any statement.
+            read_timeout=seconds,
+            write_timeout=seconds,
             ssl=tls,
             # PyMySQL otherwise negotiates TLS whenever the server offers it ("preferred").
             ssl_disabled=tls is None,

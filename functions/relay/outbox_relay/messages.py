@@ -42,14 +42,15 @@ def encode(record: OutboxRecord, settings: RelaySettings) -> Message:
 
     Raises :class:`InvalidEvent` for anything Kafka would reject or consumers could not read.
     """
-    topic = topic_for(record, settings.topic_template)
-    if not legal_topic(topic):
-        raise InvalidEvent(f"topic {topic[:300]!r} is not a legal Kafka topic name")
     size = record.payload_bytes  # known without the payload: an oversize one is never loaded
     if size > settings.max_message_bytes:
         raise InvalidEvent(f"payload is {size} bytes, over the {settings.max_message_bytes}-byte limit")
     if not record.loaded:
         raise BodyNotLoaded(f"row {record.id}: {record.body_bytes} bytes not loaded")
+    # Only a loaded row is judged on the rest: its dead letter then carries its body.
+    topic = topic_for(record, settings.topic_template)
+    if not legal_topic(topic):
+        raise InvalidEvent(f"topic {topic[:300]!r} is not a legal Kafka topic name")
     if settings.require_json:
         _parse_json(record.payload, "payload")
     headers = [

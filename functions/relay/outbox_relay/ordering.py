@@ -33,6 +33,9 @@ class Selection:
     invalid: list[tuple[OutboxRecord, str]] = field(default_factory=list)
     # Shards with rows left for a later pass by the limit alone (not blocked): read them again.
     deferred: set[int] = field(default_factory=set)
+    # Aggregates whose row did not fit what was left of the byte budget (the next pass may put
+    # them first: a row heavier than that goes first, or never).
+    heavy: set[AggregateKey] = field(default_factory=set)
 
 
 def select(
@@ -60,9 +63,12 @@ def select(
             continue
         weight = weigh(record)
         full = limit is not None and len(out.sendable) + len(out.invalid) >= limit
-        if full or (byte_budget is not None and taken and taken + weight > byte_budget):
+        heavy = byte_budget is not None and taken > 0 and taken + weight > byte_budget
+        if full or heavy:
             blocked.add(record.key)
             out.deferred.add(record.shard)
+            if heavy and not full:
+                out.heavy.add(record.key)
             continue
         try:
             out.sendable.append((record, encode(record)))

@@ -19,8 +19,12 @@ def preview(
     records = store.read_heads(dict.fromkeys(store.shard_ids(), 0), limit)
     records.sort(key=lambda r: r.id)
     size, largest = settings.max_batch_bytes, settings.max_message_bytes
-    records = with_bodies(store, records[:limit], set(), None, size, largest)
-    selection = ordering.select(records, set(), encode, None, size, weigh(largest))
+    # Loaded and selected in the relay's order (shard, then id): the byte budget picks the same
+    # rows as a run would; the verdicts are listed in id order.
+    in_pass_order = sorted(records[:limit], key=lambda r: (r.shard, r.id))
+    in_pass_order = with_bodies(store, in_pass_order, set(), None, size, largest)
+    selection = ordering.select(in_pass_order, set(), encode, None, size, weigh(largest))
+    records = sorted(in_pass_order, key=lambda r: r.id)
     verdicts = {r.id: f"publish to {m.topic}" for r, m in selection.sendable}
     verdicts |= {r.id: f"dead-letter: {reason}" for r, reason in selection.invalid}
     out: list[tuple[OutboxRecord, str]] = []

@@ -200,8 +200,9 @@ class KafkaPublisher:
             if outage is not None:
                 results[index] = SendResult(Delivery.UNAVAILABLE, outage)
                 continue
-            if message.topic in self._topic_down:
-                results[index] = SendResult(Delivery.TOPIC_UNAVAILABLE, self._topic_down[message.topic][0])
+            down = self._topic_down.get(message.topic)
+            if down is not None and down[1] > time.monotonic():  # remembered, not for ever
+                results[index] = SendResult(Delivery.TOPIC_UNAVAILABLE, down[0])
                 continue
             # send() blocks for topic metadata up to max_block_ms: never past our deadline.
             left_ms = int((deadline - time.monotonic()) * 1000)
@@ -247,6 +248,12 @@ class KafkaPublisher:
                 # (a bug) end the run: they would otherwise charge every row.
                 results[index] = SendResult(Delivery.RETRY, _describe(exc))
                 continue
+            except Exception:
+                # A bug ends the run, but records already handed over may still land: in doubt
+                # (the shards are fenced for the grace period), and this producer sends no more.
+                self._in_doubt = bool(futures)
+                self._discard()
+                raise
             futures.append((index, future))
         if outage is not None:
             for index in range(len(messages)):

@@ -76,6 +76,9 @@ class _Run:
     # The run's passes so far (rows sent, seconds): the send rate that sizes its last pass.
     sent_rows: int = 0
     sent_seconds: float = 0.0
+    # Aggregates whose next row the last pass left for its weight: they go first in the next one,
+    # so a row heavier than what other shards leave of the budget is not put off for ever.
+    first: set[AggregateKey] = field(default_factory=set)
 
 
 class Relay:
@@ -330,12 +333,16 @@ class Relay:
             batch[record.shard].append(record)
             if not record.due and record.key not in blocked:
                 reason = f"backing off after attempt {record.attempts}"
-                sweeps[record.shard].block(record.key, reason, now + record.wait_seconds)
+                sweeps[record.shard].block(record.key, reason, now + record.wait_seconds, record.id)
                 found.add(record.shard)
         cap = self.settings.batch_size if budget is None else min(budget, self.settings.batch_size)
         limit, size = self._fit(run, cap), self.settings.max_batch_bytes
+        if run.first:  # stable: each aggregate keeps its id order
+            records.sort(key=lambda r: r.key not in run.first)
         records = with_bodies(self.store, records, blocked, limit, size, self.settings.max_message_bytes)
-        return batch, ordering.select(records, blocked, self._encode, limit, size, self._weigh), found
+        selection = ordering.select(records, blocked, self._encode, limit, size, self._weigh)
+        run.first = selection.heavy
+        return batch, selection, found
 
     def _fit(self, run: _Run, cap: int) -> int:
         """Rows this pass may send: the batch, or fewer when the time left would not carry it."""
@@ -389,7 +396,7 @@ class Relay:
         step.plan.retries.append(RetryDecision(record.id, delay, error, charge, record.attempts))
         sweep = run.sweeps.get(record.shard)
         if sweep is not None:
-            sweep.block(record.key, error, self.clock.monotonic() + delay)
+            sweep.block(record.key, error, self.clock.monotonic() + delay, record.id)
 
     def _dead_letter(self, letters: list[DeadLetter], step: Batch, run: _Run) -> None:
         """Send to the DLQ first; only what it acknowledged becomes DEAD.  The rest backs off

@@ -52,7 +52,9 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         db = config.database
-        connect = connector(db, read_secret)
+        # Connections opened in an invocation are bounded by its deadline (see bound()); late
+        # bound: the store is made below.
+        connect = connector(db, read_secret, timeout=lambda: self.store.statement_timeout())  # noqa: PLW0108
         delete_on_publish = config.retention.published_seconds == 0
         self.store = MySQLOutboxStore(
             connect, OutboxSql(db.table), db.lock_wait_timeout_seconds, delete_on_publish=delete_on_publish

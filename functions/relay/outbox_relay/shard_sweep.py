@@ -6,7 +6,7 @@ A rule over one run's reads, kept apart from the run loop (see README, "Reading 
   its topic missing, its dead letter not taken) is left out of the shard's next reads by name,
   however many rows pile up behind it, so the rest of the shard is reached in one read.
 * **Until it is due.**  Each block ends when the head's wait does (its ``available_at``, or the
-  delay the relay just chose); the shard is then read from its start again.
+  delay the relay just chose); the shard is then read again from that head.
 * **Paging is the fallback.**  Past ``MAX_SKIPPED_KEYS`` blocked aggregates, or when a full page
   held nothing new to leave out, the read moves on past the page.  Rows of blocked aggregates at
   the start of a page are stepped over even while the shard sends (never past a row in flight).
@@ -31,6 +31,12 @@ MAX_SKIPPED_KEYS = 100
 class Block(NamedTuple):
     reason: str
     until: float  # monotonic seconds: the head is due again then
+    head: int  # the blocked row: reads resume below it when the block ends
+
+
+# A block ends this much after the head is due by the relay's clock: the database's due time is
+# a little later (it counts from its own commit), and a head read a moment early is blocked again.
+EXPIRY_SLACK_SECONDS = 0.1
 
 
 @dataclass(slots=True)
@@ -43,17 +49,19 @@ class ShardSweep:
     idle: bool = False
     blocked: dict[AggregateKey, Block] = field(default_factory=dict)
 
-    def block(self, key: AggregateKey, reason: str, until: float) -> None:
-        self.blocked[key] = Block(reason[:300], until)
+    def block(self, key: AggregateKey, reason: str, until: float, head: int) -> None:
+        self.blocked[key] = Block(reason[:300], until + EXPIRY_SLACK_SECONDS, head)
 
     def expire(self, now: float) -> None:
-        """Drop the blocks that are over; their rows may lie below the cursor: start again."""
+        """Drop the blocks that are over.  A head may lie below the cursor: the next read starts
+        just below the lowest one again (not at the shard's start: with many blocked aggregates
+        expiring one after another, the read would never get further)."""
         due = [key for key, block in self.blocked.items() if block.until <= now]
         if due:
+            lowest = min(self.blocked[key].head for key in due)
             for key in due:
                 del self.blocked[key]
-            self.cursor = 0
-            self.skipped_pages = 0
+            self.cursor = min(self.cursor, max(0, lowest - 1))
             self.idle = False
 
 

@@ -257,7 +257,8 @@ class OutboxSql:
 
     def blocked_count(self, shards: int) -> str:
         return (
-            f"SELECT COUNT(*) FROM `{self.table}` WHERE shard IN ({_marks(shards)})"
+            "SELECT COUNT(DISTINCT aggregate_type, aggregate_id)"
+            f" FROM `{self.table}` WHERE shard IN ({_marks(shards)})"
             " AND status = 'PENDING' AND available_at > UTC_TIMESTAMP(6)"
         )
 

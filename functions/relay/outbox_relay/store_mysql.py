@@ -37,9 +37,9 @@ CONNECTION_LOST = frozenset({2003, 2006, 2013, 2014, 2055, 1053, 1927, 4031})
 # (InnoDB refusing a row write under innodb_read_only), 1792 ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION.
 READ_ONLY = frozenset({1290, 1836, 1874, 1036, 1792})
 RETRIES = 4
-# A statement may not block longer than this (the connection's own read/write timeout) ...
+# A statement (and a connection's handshake) may not block longer than this ...
 STATEMENT_TIMEOUT_SECONDS = 30.0
-# ... nor, when the store is bound to a deadline, past it by more than this (the handler's stop
+# ... nor past the store's deadline by more than this (the handler's stop
 # margin is 1 s: what the Lambda keeps after the deadline for its last statements).
 PAST_DEADLINE_SECONDS = 0.5
 ACQUIRE_LOCK_WAIT_SECONDS = 1
@@ -109,6 +109,7 @@ class MySQLOutboxStore:
     def _connection(self) -> pymysql.connections.Connection[Any]:
         if self._conn is None:
             conn = self._connect()
+            self._bound(conn)
             with conn.cursor() as cur:
                 cur.execute(SESSION_SETUP[0])
                 cur.execute(SESSION_SETUP[1])
@@ -146,6 +147,8 @@ class MySQLOutboxStore:
         reached = False  # did any attempt get a connection (so ``work`` may have run in part)?
         for attempt in range(RETRIES):
             try:
+                if self.deadline is not None and time.monotonic() >= self.deadline + PAST_DEADLINE_SECONDS:
+                    raise StoreUnavailable(f"{what}: the invocation's deadline has passed", reached)
                 conn = self._connection()
                 reached = True
                 self._bound(conn)
@@ -174,13 +177,19 @@ class MySQLOutboxStore:
             time.sleep(random.uniform(0.0, 0.05 * 2**attempt))
         raise StoreUnavailable(f"{what}: {_describe(last)}", reached)
 
-    def _bound(self, conn: pymysql.connections.Connection[Any]) -> None:
-        """Cap the socket timeouts of the next statements by the deadline.  PyMySQL applies its
-        read/write timeouts before every packet, so setting them here bounds what follows."""
+    def statement_timeout(self) -> float:
+        """How long the next statement (or connect) may block: 30 s, and at most until just past
+        the deadline."""
         seconds = STATEMENT_TIMEOUT_SECONDS
         if self.deadline is not None:
             left = self.deadline + PAST_DEADLINE_SECONDS - time.monotonic()
             seconds = min(seconds, max(PAST_DEADLINE_SECONDS, left))
+        return seconds
+
+    def _bound(self, conn: pymysql.connections.Connection[Any]) -> None:
+        """Cap the socket timeouts of the next statements by the deadline.  PyMySQL applies its
+        read/write timeouts before every packet, so setting them here bounds what follows."""
+        seconds = self.statement_timeout()
         # PyMySQL has no public setter for them.
         setattr(conn, "_read_timeout", seconds)  # noqa: B010
         setattr(conn, "_write_timeout", seconds)  # noqa: B010
