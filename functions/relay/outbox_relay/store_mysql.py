@@ -147,7 +147,9 @@ class MySQLOutboxStore:
         reached = False  # did any attempt get a connection (so ``work`` may have run in part)?
         for attempt in range(RETRIES):
             try:
-                if self.deadline is not None and time.monotonic() >= self.deadline + PAST_DEADLINE_SECONDS:
+                if self._conn is None and self._past_deadline():
+                    # A new connection (a handshake, the session set-up) would not fit any more;
+                    # statements on an open one are bounded by _bound.
                     raise StoreUnavailable(f"{what}: the invocation's deadline has passed", reached)
                 conn = self._connection()
                 reached = True
@@ -176,6 +178,9 @@ class MySQLOutboxStore:
             )
             time.sleep(random.uniform(0.0, 0.05 * 2**attempt))
         raise StoreUnavailable(f"{what}: {_describe(last)}", reached)
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline + PAST_DEADLINE_SECONDS
 
     def statement_timeout(self) -> float:
         """How long the next statement (or connect) may block: 30 s, and at most until just past
