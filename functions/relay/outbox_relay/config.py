@@ -27,7 +27,9 @@ DB_TLS_MODES = ("off", "required", "verify")
 INTERNAL_TOPICS = frozenset(
     {"__consumer_offsets", "__transaction_state", "__cluster_metadata", "__share_group_state"}
 )
-_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]")
+# Kafka's topic name characters (messages.legal_topic checks whole names with the same class).
+TOPIC_CHARS = "A-Za-z0-9._-"
+_TOPIC_CHAR = re.compile(f"[{TOPIC_CHARS}]")
 
 
 class ConfigError(ValueError):
@@ -180,7 +182,7 @@ def check_topic_template(template: str) -> str | None:
             return f"uses {{{name}}}; only {allowed} may appear"
     # The literal text is in every topic it makes: a character Kafka refuses there would
     # dead-letter every event routed through it while runs report success.
-    bad = sorted({c for c in literal if not _TOPIC_CHARS.fullmatch(c)})
+    bad = sorted({c for c in literal if not _TOPIC_CHAR.fullmatch(c)})
     if bad:
         return f"has {''.join(bad)!r} outside the fields; Kafka topic names allow only [A-Za-z0-9._-]"
     if len(literal) > 249:

@@ -6,11 +6,11 @@ import functools
 import json
 import re
 
-from .config import INTERNAL_TOPICS, RelaySettings
+from .config import INTERNAL_TOPICS, TOPIC_CHARS, RelaySettings
 from .model import Message, OutboxRecord
 
 RESERVED_HEADERS = frozenset({"id", "event_type", "aggregate_type", "seq"})
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_TOPIC = re.compile(f"[{TOPIC_CHARS}]{{1,249}}")
 
 
 class InvalidEvent(ValueError):

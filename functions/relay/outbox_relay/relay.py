@@ -360,17 +360,18 @@ class Relay:
         """Turn Kafka's answers into the batch's finalize plan (dead letters sent first)."""
         step = Batch()
         sent = [record for record, _ in selection.sendable]
+        topic = {record.id: message.topic for record, message in selection.sendable}  # as sent
         settled = ordering.settle(list(zip(sent, results, strict=True)))
         step.unavailable = settled.unavailable
         step.plan.published = [r.id for r in settled.published]
 
         letters: list[DeadLetter] = [DeadLetter(r, reason, None) for r, reason in selection.invalid]
-        letters += [DeadLetter(r, reason, self._topic(r)) for r, reason in settled.rejected]
+        letters += [DeadLetter(r, reason, topic[r.id]) for r, reason in settled.rejected]
         for record, error in settled.retry:
             attempts = record.attempts + 1
             if self.policy.exhausted(attempts):
                 reason = f"gave up after {attempts} attempts: {error}"
-                letters.append(DeadLetter(record, reason, self._topic(record)))
+                letters.append(DeadLetter(record, reason, topic[record.id]))
             else:
                 delay = self.policy.next_delay(attempts, self.rng)
                 self._back_off(step, run, record, delay, error, charge=True)
@@ -418,12 +419,6 @@ class Relay:
                 jittered = self.policy.next_delay(letter.record.attempts, self.rng)
                 delay = max(self.settings.backoff_base_seconds, jittered)
                 self._back_off(step, run, letter.record, delay, f"dead-letter queue: {error}", charge=False)
-
-    def _topic(self, record: OutboxRecord) -> str | None:
-        try:
-            return self._encode(record).topic
-        except Exception:  # only a label for the dead letter
-            return None
 
     # --- dry run ------------------------------------------------------------------------
 
