@@ -8,7 +8,7 @@ SAM := .venv-sam/bin/sam
 export SAM_CLI_TELEMETRY := 0
 RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
-.PHONY: bench faults dev venv tools lock check-lock sam-cli stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
+.PHONY: bench faults sim dev venv tools lock check-lock sam-cli stack-up stack-down stack-status migrate demo test test-unit lint lint-template \
 	format build smoke fetch-rds-ca rie rie-path local-build host-runtime invoke-local clean
 
 dev: venv stack-up migrate          ## everything for local work
@@ -46,6 +46,9 @@ bench-tracing: venv stack-up        ## relay CPU per event with X-Ray tracing as
 
 faults: venv stack-up               ## the long randomized fault run (100 runs, about 75 minutes)
 	$(PY)/python -m tests.faults.runner --runs $${RUNS:-100} --seed $${SEED:-1}
+
+sim: venv                           ## the deterministic simulation: make sim [SEEDS=1000] [START=1] [JOBS=2] | make sim SEED=<n>
+	$(PY)/python -m tests.sim $(if $(SEED),--seed $(SEED) -v,--seeds $${SEEDS:-1000} --start $${START:-1} --jobs $${JOBS:-2})
 
 test-unit: venv                     ## pure unit tests, no stack
 	$(PY)/pytest -q tests/unit

@@ -155,7 +155,9 @@ class Relay:
         Passes are pipelined: while batch N is finalized in the database (on the finalize
         store's own connection), batch N+1 is read and handed to Kafka."""
         run = _Run(
-            token=uuid.uuid4().bytes, deadline=deadline, work_deadline=deadline - FINALIZE_RESERVE_SECONDS
+            token=uuid.UUID(int=self.rng.getrandbits(128), version=4).bytes,
+            deadline=deadline,
+            work_deadline=deadline - FINALIZE_RESERVE_SECONDS,
         )
         if self.settings.poll_window_seconds > 0:
             run.poll_until = min(
@@ -322,11 +324,16 @@ class Relay:
             keys = set(sweeps[shard].blocked) | unsettled.get(shard, set())
             blocked |= keys
             skip[shard] = sorted(keys)[:MAX_SKIPPED_KEYS]
-            if sweeps[shard].cursor:
-                blocked |= self.store.pending_keys_up_to(shard, sweeps[shard].cursor)
         records = self.store.read_heads(
             {s: sweeps[s].cursor for s in active}, self._page(len(active)), in_flight, skip
         )
+        # Only now the aggregates with a row at or below a cursor: a row read above it was
+        # committed before the read began, and so was every earlier row of its aggregate (the
+        # writers of one aggregate are serialized), so this later statement sees them.  Asked
+        # first, it could miss a row committed in between and send a later one ahead of it.
+        for shard in active:
+            if sweeps[shard].cursor:
+                blocked |= self.store.pending_keys_up_to(shard, sweeps[shard].cursor)
         batch: dict[int, list[OutboxRecord]] = {s: [] for s in active}
         found: set[int] = set()
         for record in records:
