@@ -122,15 +122,18 @@ class Database:
         }
 
     def rows(self) -> list[dict[str, Any]]:
-        cols = "id, event_id, aggregate_id, status, attempts, last_error, available_at > UTC_TIMESTAMP(6)"
+        """Every row; text read as bytes and decoded as the relay does (a row may hold bytes that
+        are not text of its column's character set: those become U+DC80..U+DCFF)."""
+        cols = (
+            "id, CAST(event_id AS BINARY), CAST(aggregate_id AS BINARY), status, attempts,"
+            " CAST(last_error AS BINARY), available_at > UTC_TIMESTAMP(6)"
+        )
+        names = ("id", "event_id", "aggregate_id", "status", "attempts", "last_error", "backing_off")
         return [
-            dict(
-                zip(
-                    ("id", "event_id", "aggregate_id", "status", "attempts", "last_error", "backing_off"),
-                    r,
-                    strict=True,
-                )
-            )
+            {
+                k: v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
+                for k, v in zip(names, r, strict=True)
+            }
             for r in self.query(f"SELECT {cols} FROM `{self.table}` ORDER BY id")
         ]
 
@@ -170,15 +173,19 @@ class Queue:
     url: str
 
     def messages(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for body in self.bodies()]
+
+    def bodies(self) -> list[str]:
+        """Every message's body as sent, each read once (deleted)."""
         sqs = boto3.client("sqs", endpoint_url=MOTO)
-        out: list[dict[str, Any]] = []
+        out: list[str] = []
         while True:
             got = sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
             batch = got.get("Messages", [])
             if not batch:
                 return out
             for m in batch:
-                out.append(json.loads(m["Body"]))
+                out.append(m["Body"])
                 sqs.delete_message(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"])
 
 

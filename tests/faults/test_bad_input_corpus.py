@@ -119,12 +119,30 @@ ROWS: list[tuple[str, dict[str, Any], str]] = [
     ("headers a list", {"headers": '["a"]'}, "headers column must be a JSON object"),
     ("header reserved", {"headers": '{"aggregate_type": "x"}'}, "reserved header 'aggregate_type'"),
     ("header number", {"headers": '{"n": 5}'}, "header 'n' must be a string"),
+    # Bytes that are not text of the column's character set, as MariaDB stores them (a `_binary`
+    # literal: PyMySQL's for bytes): UTF-8-encoded surrogates in utf8mb4, any byte in ascii.
+    (
+        "CESU-8 aggregate id",
+        {"aggregate_id": b"bad-\xed\xa0\xbd\xed\xb8\x80"},
+        "aggregate_id is not valid UTF-8",
+    ),
+    (
+        "surrogate aggregate type",
+        {"aggregate_type": b"order\xed\xa0\x80"},
+        "aggregate_type is not valid UTF-8",
+    ),
+    ("surrogate event type", {"event_type": b"E\xed\xbf\xbf"}, "event_type is not valid UTF-8"),
+    ("surrogate in headers", {"headers": b'{"t": "\xed\xa0\x80"}'}, "headers is not valid UTF-8"),
+    ("0xFF in event id", {"event_id": b"ev-\xff"}, "event_id is not ASCII"),
+    ("UTF-8 in event id", {"event_id": "ev-é".encode()}, "event_id is not ASCII"),
+    ("overlong in topic", {"topic": b"t\xc0\xaf"}, "topic is not ASCII"),
 ]
 
 ODD_BUT_VALID: list[tuple[str, dict[str, Any]]] = [
     ("unicode aggregate", {"aggregate_id": "客户-🚀-ü", "payload": '{"name": "Zoë 🚀"}'.encode()}),
     ("quotes and backslashes", {"aggregate_id": "a'\"\\b", "event_type": "Odd\"Type'\\"}),
     ("NUL in aggregate id", {"aggregate_id": "a\x00b"}),
+    ("NUL in event id", {"event_id": b"ev-\x00"}),
     ("255-char aggregate id", {"aggregate_id": "k" * 255}),
     ("JSON scalar payload", {"payload": b"42"}),
     ("NULL optional columns", {"topic": None, "headers": None, "seq": None}),
@@ -147,7 +165,7 @@ def test_bad_rows_are_dead_lettered_odd_ones_published_and_nothing_is_lost(
 ) -> None:
     make_topics(topics, "order")
     bad = {
-        _insert(database, aggregate_id=f"bad-{n}", **cols): (name, why)
+        _insert(database, **{"aggregate_id": f"bad-{n}", **cols}): (name, why)
         for n, (name, cols, why) in enumerate(ROWS)
     }
     odd = {_insert(database, **cols): name for name, cols in ODD_BUT_VALID}

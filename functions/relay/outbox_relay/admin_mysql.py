@@ -19,6 +19,7 @@ from .config import RetentionSettings
 from .messages import topic_for
 from .model import BLOCKED_LISTED, OutboxRecord
 from .ports import StoreUnavailable
+from .rowtext import decode, decode_nullable, raw, shown
 from .store_mysql import MySQLOutboxStore, micros
 
 log = logging.getLogger("outbox_relay")
@@ -198,7 +199,10 @@ class OutboxAdmin:
                 cur.execute(self.sql.counts_by_route(len(shards)), shards)
                 per_topic: dict[str, list[int]] = {}
                 for aggregate_type, event_type, topic, status, count in cur.fetchall():
-                    name = topic or topic_for(_route_probe(aggregate_type, event_type), self.topic_template)
+                    # Read as bytes and shown escaped: a row holding bytes that are not text cannot
+                    # fail the status (it is dead-lettered, with the reason).
+                    probe = _route_probe(decode(aggregate_type), decode(event_type))
+                    name = shown(decode_nullable(topic) or topic_for(probe, self.topic_template))
                     counts = per_topic.setdefault(name, [0, 0])
                     counts[0 if status == "PENDING" else 1] += int(count)
                 cur.execute(self.sql.published_count)
@@ -211,7 +215,13 @@ class OutboxAdmin:
                 (blocked_count,) = cur.fetchone() or (0,)
                 cur.execute(self.sql.blocked_heads(len(shards)), [*shards, BLOCKED_LISTED])
                 blocked = [
-                    BlockedHead(str(t), str(a), int(n), str(why or ""), float(left or 0))
+                    BlockedHead(
+                        shown(decode(t)),
+                        shown(decode(a)),
+                        int(n),
+                        shown(decode(why or b"")),
+                        float(left or 0),
+                    )
                     for t, a, n, why, left in cur.fetchall()
                 ]
             routes = [RouteCount(t, p, d) for t, (p, d) in sorted(per_topic.items())]
@@ -234,7 +244,7 @@ class OutboxAdmin:
         def work(conn: pymysql.connections.Connection[Any]) -> list[DeadRow]:
             with conn.cursor() as cur:
                 cur.execute(self.sql.dead_rows(len(ids)), list(ids))
-                return [DeadRow(int(i), e, t, a, int(s)) for i, e, t, a, s in cur.fetchall()]
+                return [_dead_row(r) for r in cur.fetchall()]
 
         return self.store.run(work, "read DEAD rows")
 
@@ -243,8 +253,8 @@ class OutboxAdmin:
             found: list[DeadRow] = []
             with conn.cursor() as cur:
                 for event_id in event_ids:
-                    cur.execute(self.sql.dead_rows_by_event_id, (event_id,))
-                    found += [DeadRow(int(i), e, t, a, int(s)) for i, e, t, a, s in cur.fetchall()]
+                    cur.execute(self.sql.dead_rows_by_event_id, (raw(event_id),))
+                    found += [_dead_row(r) for r in cur.fetchall()]
             return found
 
         return self.store.run(work, "find DEAD rows")
@@ -319,7 +329,7 @@ class OutboxAdmin:
                         raise AdminError("lost the shard lease while redriving; nothing was changed")
                     # Before the redrive clears dead_at: how long ago each aggregate's row died.
                     at_risk = [
-                        f"{row.aggregate_type}/{row.aggregate_id}"
+                        shown(f"{row.aggregate_type}/{row.aggregate_id}")
                         for row in first.values()
                         if self._later_events_may_be_gone(cur, row)
                     ]
@@ -328,7 +338,7 @@ class OutboxAdmin:
                     for row in first.values():
                         republished += cur.execute(
                             self.sql.republish_after,
-                            (row.shard, row.id, row.aggregate_type, row.aggregate_id),
+                            (row.shard, row.id, raw(row.aggregate_type), raw(row.aggregate_id)),
                         )
                 conn.commit()
             except BaseException:
@@ -362,6 +372,12 @@ class OutboxAdmin:
             return self.store.run(work, statement.split(" ", 1)[0].lower())
         except StoreUnavailable as exc:
             raise AdminError(str(exc)) from exc
+
+
+def _dead_row(r: Sequence[Any]) -> DeadRow:
+    """A row of sql.DEAD_ROW_COLUMNS: its text as read (losslessly, rowtext.py), so that the keys
+    given back to SQL are the bytes stored."""
+    return DeadRow(int(r[0]), decode(r[1]), decode(r[2]), decode(r[3]), int(r[4]))
 
 
 def _route_probe(aggregate_type: str, event_type: str) -> OutboxRecord:

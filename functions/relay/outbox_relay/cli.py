@@ -24,6 +24,7 @@ from typing import Any
 from .config import ConfigError, load_config, load_database_settings
 from .migrate import DEFAULT_DIR, MigrationError, apply, discover
 from .ports import NullMetrics
+from .rowtext import shown
 from .sql import OutboxSql
 
 
@@ -168,7 +169,14 @@ def _dry_run(args: argparse.Namespace) -> int:
     runtime = _runtime()
     preview = runtime.relay(runtime.config.relay, NullMetrics(), owner="dry-run").preview(args.limit)
     rows = [
-        [r.id, r.shard, f"{r.aggregate_type}/{r.aggregate_id}", r.event_type, len(r.payload), verdict]
+        [
+            r.id,
+            r.shard,
+            shown(f"{r.aggregate_type}/{r.aggregate_id}"),
+            shown(r.event_type),
+            len(r.payload),
+            verdict,
+        ]
         for r, verdict in preview
     ]
     print(table(["ID", "SHARD", "AGGREGATE", "EVENT TYPE", "BYTES", "NEXT RUN WOULD"], rows))
@@ -241,7 +249,7 @@ def _purge(args: argparse.Namespace) -> int:
     print(
         table(
             ["ID", "AGGREGATE", "EVENT ID"],
-            [[r.id, f"{r.aggregate_type}/{r.aggregate_id}", r.event_id] for r in rows[:50]],
+            [[r.id, shown(f"{r.aggregate_type}/{r.aggregate_id}"), shown(r.event_id)] for r in rows[:50]],
         )
     )
     if len(rows) > 50:

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .model import DeadLetter
 from .ports import DeadLetterQueueDown
+from .rowtext import shown
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -322,7 +323,7 @@ class SqsDeadLetterSink:
                 results[i] = None
                 log.warning(
                     "dead letter refused by the queue; sent again without payload and headers",
-                    extra={"outbox_id": record.id, "event_id": record.event_id, "error": refused[i]},
+                    extra={"outbox_id": record.id, "event_id": shown(record.event_id), "error": refused[i]},
                 )
             else:
                 results[i] = _one_line(f"{refused[i]}; the reduced letter too: {again.get(k, sub[k])}")

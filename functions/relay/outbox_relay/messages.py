@@ -8,6 +8,7 @@ import re
 
 from .config import INTERNAL_TOPICS, TOPIC_CHARS, RelaySettings
 from .model import Message, OutboxRecord
+from .rowtext import problem
 
 RESERVED_HEADERS = frozenset({"id", "event_type", "aggregate_type", "seq"})
 _TOPIC = re.compile(f"[{TOPIC_CHARS}]{{1,249}}")
@@ -48,6 +49,7 @@ def encode(record: OutboxRecord, settings: RelaySettings) -> Message:
     if not record.loaded:
         raise BodyNotLoaded(f"row {record.id}: {record.body_bytes} bytes not loaded")
     # Only a loaded row is judged on the rest: its dead letter then carries its body.
+    _check_text(record)
     topic = topic_for(record, settings.topic_template)
     if not legal_topic(topic):
         raise InvalidEvent(f"topic {topic[:300]!r} is not a legal Kafka topic name")
@@ -69,6 +71,23 @@ def encode(record: OutboxRecord, settings: RelaySettings) -> Message:
         value=record.payload,
         headers=headers,
     )
+
+
+def _check_text(record: OutboxRecord) -> None:
+    """Every text column holds text of its character set (the store reads any bytes, losslessly:
+    rowtext.py).  Anything else is never sent, not even as a lossy replacement."""
+    columns = (
+        ("event_id", record.event_id, True),
+        ("aggregate_type", record.aggregate_type, False),
+        ("aggregate_id", record.aggregate_id, False),
+        ("event_type", record.event_type, False),
+        ("topic", record.topic, True),
+        ("headers", record.headers, False),
+    )
+    for column, value, ascii_only in columns:
+        why = None if value is None else problem(value, column, ascii_only)
+        if why is not None:
+            raise InvalidEvent(why)
 
 
 def _parse_json(raw: str | bytes, what: str) -> object:

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from .rowtext import shown
+
 AggregateKey = tuple[str, str]
 """(aggregate_type, aggregate_id): the unit of ordering."""
 
@@ -27,7 +29,9 @@ CONTENT_ERRORS: tuple[type[Exception], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class OutboxRecord:
-    """One pending outbox row, as read by the relay."""
+    """One pending outbox row, as read by the relay.  Its text is what the row holds, decoded
+    losslessly whatever the bytes (rowtext.py): a value that is not text of its column's character
+    set holds U+DC80..U+DCFF, and messages.encode refuses it."""
 
     id: int
     event_id: str
@@ -181,7 +185,7 @@ class Summary:
         if self.blocked:
             out["blocked_aggregates"] = len(self.blocked)
             out["blocked"] = [
-                {"aggregate_type": t, "aggregate_id": i, "reason": why}
+                {"aggregate_type": shown(t), "aggregate_id": shown(i), "reason": shown(why)}
                 for (t, i), why in sorted(self.blocked.items())[:BLOCKED_LISTED]
             ]
         if self.dry_run:

@@ -40,6 +40,7 @@ from .ports import (
 )
 from .preview import preview
 from .retry import RetryPolicy
+from .rowtext import shown
 from .shard_sweep import MAX_SKIPPED_KEYS, ShardSweep, advance, blocked_of
 
 log = logging.getLogger("outbox_relay")
@@ -417,7 +418,7 @@ class Relay:
                     "dead-lettered",
                     extra={
                         "outbox_id": letter.record.id,
-                        "event_id": letter.record.event_id,
+                        "event_id": shown(letter.record.event_id),
                         "reason": letter.reason,
                     },
                 )

@@ -27,10 +27,23 @@ SESSION_SETUP = (
 # for the rows a pass sends, within its byte budget: a page of rows costs at most
 # rows x 2 x INLINE_BODY_BYTES, whatever the rows hold (a payload may be 16 MiB).
 INLINE_BODY_BYTES = 4096
+
+
+def as_bytes(column: str) -> str:
+    """A text column read as the bytes stored: the driver never decodes it (a row holding bytes
+    its character set does not allow cannot fail a read; rowtext.py decodes it)."""
+    return f"CAST({column} AS BINARY)"
+
+
 ROW_COLUMNS = (
-    "id, event_id, aggregate_type, aggregate_id, event_type,"
-    f" IF(LENGTH(payload) <= {INLINE_BODY_BYTES}, payload, NULL), LENGTH(payload), topic,"
-    f" IF(LENGTH(headers) <= {INLINE_BODY_BYTES}, headers, NULL), LENGTH(headers), seq, attempts, shard"
+    f"id, {as_bytes('event_id')}, {as_bytes('aggregate_type')}, {as_bytes('aggregate_id')},"
+    f" {as_bytes('event_type')},"
+    f" IF(LENGTH(payload) <= {INLINE_BODY_BYTES}, payload, NULL), LENGTH(payload), {as_bytes('topic')},"
+    f" IF(LENGTH(headers) <= {INLINE_BODY_BYTES}, {as_bytes('headers')}, NULL), LENGTH(headers),"
+    " seq, attempts, shard"
+)
+DEAD_ROW_COLUMNS = (
+    f"id, {as_bytes('event_id')}, {as_bytes('aggregate_type')}, {as_bytes('aggregate_id')}, shard"
 )
 
 
@@ -134,7 +147,7 @@ class OutboxSql:
     def load_bodies(self, ids: int) -> str:
         """The bodies the head read left out, by id (still PENDING: a row gone since is absent)."""
         return (
-            f"SELECT id, payload, headers FROM `{self.table}`"
+            f"SELECT id, payload, {as_bytes('headers')} FROM `{self.table}`"
             f" WHERE status = 'PENDING' AND id IN ({_marks(ids)})"
         )
 
@@ -239,7 +252,8 @@ class OutboxSql:
         """Pending and dead rows per route (aggregate and event type, explicit topic), read
         through the shard index (published rows are not scanned)."""
         return (
-            f"SELECT aggregate_type, event_type, topic, status, COUNT(*) FROM `{self.table}`"
+            f"SELECT {as_bytes('aggregate_type')}, {as_bytes('event_type')}, {as_bytes('topic')}, status,"
+            f" COUNT(*) FROM `{self.table}`"
             f" WHERE shard IN ({_marks(shards)}) AND status IN ('PENDING', 'DEAD')"
             " GROUP BY aggregate_type, event_type, topic, status"
         )
@@ -249,7 +263,8 @@ class OutboxSql:
         for how long.  Parameters: shards, then a limit.  (Reads every pending row's
         ``available_at``: an operator command, not the relay's loop.)"""
         return (
-            "SELECT aggregate_type, aggregate_id, attempts, last_error,"
+            f"SELECT {as_bytes('aggregate_type')}, {as_bytes('aggregate_id')}, attempts,"
+            f" {as_bytes('last_error')},"
             " TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), available_at) / 1e6"
             f" FROM `{self.table}` WHERE shard IN ({_marks(shards)}) AND status = 'PENDING'"
             " AND available_at > UTC_TIMESTAMP(6) ORDER BY id LIMIT %s"
@@ -277,17 +292,11 @@ class OutboxSql:
     def dead_rows(self, ids: int) -> str:
         """DEAD rows by id; ``ids`` = 0 lists them all (oldest first)."""
         where = f" AND id IN ({_marks(ids)})" if ids else ""
-        return (
-            f"SELECT id, event_id, aggregate_type, aggregate_id, shard FROM `{self.table}`"
-            f" WHERE status = 'DEAD'{where} ORDER BY id"
-        )
+        return f"SELECT {DEAD_ROW_COLUMNS} FROM `{self.table}` WHERE status = 'DEAD'{where} ORDER BY id"
 
     @property
     def dead_rows_by_event_id(self) -> str:
-        return (
-            f"SELECT id, event_id, aggregate_type, aggregate_id, shard FROM `{self.table}`"
-            " WHERE status = 'DEAD' AND event_id = %s"
-        )
+        return f"SELECT {DEAD_ROW_COLUMNS} FROM `{self.table}` WHERE status = 'DEAD' AND event_id = %s"
 
     def redrive_dead(self, ids: int) -> str:
         """DEAD → PENDING, due now, attempts reset.  Ids are unchanged, so the event takes its
@@ -306,7 +315,7 @@ class OutboxSql:
             f"UPDATE `{self.table}` SET status = 'PENDING', published_at = NULL,"
             " available_at = '1970-01-01 00:00:00.000000'"
             " WHERE shard = %s AND status = 'PUBLISHED' AND id > %s"
-            " AND aggregate_type = %s AND aggregate_id = %s"
+            " AND CAST(aggregate_type AS BINARY) = %s AND CAST(aggregate_id AS BINARY) = %s"
         )
 
     @property

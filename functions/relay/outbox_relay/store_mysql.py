@@ -22,6 +22,7 @@ import pymysql.cursors
 
 from .model import AggregateKey, FinalizePlan, FinalizeResult, OutboxRecord, PendingStats
 from .ports import CredentialsUnavailable, StoreUnavailable
+from .rowtext import decode, decode_nullable, raw, shown
 from .sql import SESSION_SETUP, OutboxSql
 
 log = logging.getLogger("outbox_relay")
@@ -282,7 +283,7 @@ class MySQLOutboxStore:
             keys = (skip or {}).get(shard, ())
             params += (shard, after, *ids)
             for aggregate_type, aggregate_id in keys:
-                params += (aggregate_type.encode(), aggregate_id.encode())
+                params += (raw(aggregate_type), raw(aggregate_id))  # the bytes read
             params.append(limit)
             excluded.append(len(ids))
             skipped.append(len(keys))
@@ -302,7 +303,7 @@ class MySQLOutboxStore:
         def work(conn: pymysql.connections.Connection[Any]) -> dict[int, tuple[bytes, str | None]]:
             with conn.cursor() as cur:
                 cur.execute(self.sql.load_bodies(len(ids)), list(ids))
-                return {int(r[0]): (bytes(r[1]), r[2]) for r in cur.fetchall()}
+                return {int(r[0]): (bytes(r[1]), decode_nullable(r[2])) for r in cur.fetchall()}
 
         return self.run(work, "load large rows")
 
@@ -310,7 +311,7 @@ class MySQLOutboxStore:
         def work(conn: pymysql.connections.Connection[Any]) -> set[AggregateKey]:
             with conn.cursor() as cur:
                 cur.execute(self.sql.pending_keys_up_to, (shard, max_id))
-                return {(bytes(r[0]).decode(), bytes(r[1]).decode()) for r in cur.fetchall()}
+                return {(decode(r[0]), decode(r[1])) for r in cur.fetchall()}
 
         return self.run(work, "read blocked aggregates")
 
@@ -365,7 +366,7 @@ class MySQLOutboxStore:
                             (
                                 1 if d.charge_attempt else 0,
                                 micros(d.delay_seconds),
-                                d.error[:1024],
+                                shown(d.error)[:1024],
                                 d.record_id,
                                 d.attempts,
                                 *kept,
@@ -373,7 +374,7 @@ class MySQLOutboxStore:
                         )
                     dead_sql = self.sql.mark_dead(len(kept))
                     for record_id, reason in plan.dead:
-                        dead += cur.execute(dead_sql, (reason[:1024], record_id, *kept))
+                        dead += cur.execute(dead_sql, (shown(reason)[:1024], record_id, *kept))
                     cur.execute(self.sql.renew_shards(len(kept)), (micros(lease_seconds), token, *kept))
                 conn.commit()
             except BaseException:
@@ -385,18 +386,19 @@ class MySQLOutboxStore:
 
 
 def _record(r: Sequence[Any]) -> OutboxRecord:
-    """A row of the head read (sql.ROW_COLUMNS, then ``due``)."""
+    """A row of the head read (sql.ROW_COLUMNS, then ``due``); its text columns come as bytes and
+    are decoded losslessly (rowtext.py): whatever they hold, this never raises."""
     payload, payload_size, headers, headers_size = r[5], int(r[6]), r[8], r[9]
     loaded = payload is not None and (headers is not None or headers_size is None)
     return OutboxRecord(
         id=int(r[0]),
-        event_id=r[1],
-        aggregate_type=r[2],
-        aggregate_id=r[3],
-        event_type=r[4],
+        event_id=decode(r[1]),
+        aggregate_type=decode(r[2]),
+        aggregate_id=decode(r[3]),
+        event_type=decode(r[4]),
         payload=bytes(payload) if loaded else b"",
-        topic=r[7],
-        headers=headers if loaded else None,
+        topic=decode_nullable(r[7]),
+        headers=decode_nullable(headers) if loaded else None,
         seq=r[10],
         attempts=int(r[11]),
         shard=int(r[12]),
