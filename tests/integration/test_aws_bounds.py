@@ -24,7 +24,7 @@ from outbox_relay import aws_clients, dead_letters
 from outbox_relay.config import load_config
 from outbox_relay.db import connector
 from outbox_relay.model import DeadLetter, Delivery
-from outbox_relay.ports import DeadLetterQueueDown, NullMetrics, SystemClock
+from outbox_relay.ports import Acknowledged, DeadLetterQueueDown, NullMetrics, SystemClock
 from outbox_relay.relay import Relay
 from outbox_relay.sql import OutboxSql
 from outbox_relay.store_mysql import MySQLOutboxStore
@@ -191,7 +191,9 @@ class BlockedSink:
         self.calls = 0
         self.release = threading.Event()
 
-    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+    def send(
+        self, letters: Sequence[DeadLetter], acknowledged: Acknowledged | None = None
+    ) -> list[str | None]:
         self.calls += 1
         self.release.wait(60)
         return [None] * len(letters)
@@ -204,7 +206,9 @@ class RefusingSink:
     def __init__(self) -> None:
         self.calls = 0
 
-    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+    def send(
+        self, letters: Sequence[DeadLetter], acknowledged: Acknowledged | None = None
+    ) -> list[str | None]:
         self.calls += 1
         time.sleep(0.2)
         raise DeadLetterQueueDown("AccessDenied: not allowed", ["not sent"] * len(letters))
