@@ -147,3 +147,19 @@ def test_a_server_that_trickles_its_answers_is_cut_at_the_deadline(
     seconds = time.monotonic() - started
     assert seconds < 1.0 + PAST_DEADLINE_SECONDS + 0.3, f"{operation} took {seconds:.1f} s"
     assert support.wait_until(lambda: database.rows() == rows, timeout=10), "nothing was half-applied"
+
+
+def test_a_warm_process_whose_database_vanished_returns_within_the_invocations_deadline(
+    database: support.Database, invoke: Any, db_proxy: support.DelayProxy
+) -> None:
+    """Through the handler: bound() comes before the warm connections' check, so the ping waits
+    on this invocation's deadline, not on the 30 s the warm run left on the socket."""
+    port = db_proxy.url.rsplit(":", 1)[1]
+    database.insert(support.backlog(5, 2, aggregate_type="nowhere"))
+    assert invoke(timeout=30, OUTBOX_DB_PORT=port)["ok"] is not None  # warm: both stores connected
+    db_proxy.delay = 20.0
+    started = time.monotonic()
+    summary = invoke(timeout=4, OUTBOX_DB_PORT=port)
+    seconds = time.monotonic() - started
+    assert seconds < 4.0, f"the handler returned after {seconds:.1f} s of its 4 s"
+    assert summary["stopped_by"] == "database_unavailable", summary
