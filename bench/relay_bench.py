@@ -323,7 +323,7 @@ def in_process_relay(database: str, prefix: str, publisher: Any) -> tuple[Relay,
 
 
 class _NoDeadLetters:
-    def send(self, letters: Sequence[Any]) -> list[str | None]:
+    def send(self, letters: Sequence[Any], acknowledged: Any = None) -> list[str | None]:
         raise AssertionError("the benchmark data has no poison events")
 
 

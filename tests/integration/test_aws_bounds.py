@@ -24,7 +24,7 @@ from outbox_relay import aws_clients, dead_letters
 from outbox_relay.config import load_config
 from outbox_relay.db import connector
 from outbox_relay.model import DeadLetter, Delivery
-from outbox_relay.ports import DeadLetterQueueDown, NullMetrics, SystemClock
+from outbox_relay.ports import Acknowledged, DeadLetterQueueDown, NullMetrics, SystemClock
 from outbox_relay.relay import Relay
 from outbox_relay.sql import OutboxSql
 from outbox_relay.store_mysql import MySQLOutboxStore
@@ -181,6 +181,30 @@ def test_a_stalled_secrets_manager_is_one_line_within_the_deadline(
     assert status["ok"] and status["pending"] == 6, status
 
 
+def test_a_stalled_secret_read_ends_with_the_runs_deadline_not_the_clients_bounds(
+    database: support.Database, invoke: Any, proxy: support.DelayProxy
+) -> None:
+    """The client's own bounds (two tries, ~7 s; twice that with the refetch after an access
+    denied) outlast a 3 s invocation: the read is waited for until the deadline only."""
+    assert aws_clients.SECRETS_MANAGER.worst_case_seconds() > 3
+    sm = boto3.client("secretsmanager", endpoint_url=support.MOTO)
+    arn = sm.create_secret(
+        Name=f"db-{uuid.uuid4().hex[:8]}",
+        SecretString=json.dumps({"username": support.DB_USER, "password": support.DB_PASSWORD}),
+    )["ARN"]
+    env = {
+        "OUTBOX_DB_PASSWORD": "",
+        "OUTBOX_DB_SECRET_ARN": arn,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": proxy.url,
+    }
+
+    result, seconds = _timed(invoke, 3, **env)
+
+    assert seconds < 3.0, f"past the invocation's 3 s: {seconds:.1f} s"
+    assert result["ok"] is False and result["stopped_by"] == "database_unavailable", result
+    assert f"cannot read secret {arn}" in result["error"] and "the run's deadline" in result["error"]
+
+
 # --- the relay core's bound, with a sink of the test's own ----------------------------------
 
 
@@ -191,7 +215,9 @@ class BlockedSink:
         self.calls = 0
         self.release = threading.Event()
 
-    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+    def send(
+        self, letters: Sequence[DeadLetter], acknowledged: Acknowledged | None = None
+    ) -> list[str | None]:
         self.calls += 1
         self.release.wait(60)
         return [None] * len(letters)
@@ -204,7 +230,9 @@ class RefusingSink:
     def __init__(self) -> None:
         self.calls = 0
 
-    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+    def send(
+        self, letters: Sequence[DeadLetter], acknowledged: Acknowledged | None = None
+    ) -> list[str | None]:
         self.calls += 1
         time.sleep(0.2)
         raise DeadLetterQueueDown("AccessDenied: not allowed", ["not sent"] * len(letters))

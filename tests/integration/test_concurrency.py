@@ -11,7 +11,7 @@ from outbox_relay.config import load_config
 from outbox_relay.db import connector
 from outbox_relay.kafka_tools import read_topics
 from outbox_relay.model import DeadLetter, Delivery, Message
-from outbox_relay.ports import NullMetrics, Settled, SystemClock
+from outbox_relay.ports import Acknowledged, NullMetrics, Settled, SystemClock
 from outbox_relay.publisher_kafka import KafkaPublisher
 from outbox_relay.relay import Relay
 from outbox_relay.sql import OutboxSql
@@ -121,5 +121,7 @@ def test_stale_lease_cannot_finalize_and_the_taker_over_publishes(
 
 
 class _NoDeadLetters:
-    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+    def send(
+        self, letters: Sequence[DeadLetter], acknowledged: Acknowledged | None = None
+    ) -> list[str | None]:
         raise AssertionError("nothing here should be dead-lettered")

@@ -6,17 +6,21 @@ characters where SQS counts UTF-8 bytes."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from outbox_relay.dead_letters import STILL_SENDING, DeadLetterDispatch
 from outbox_relay.deadletter_sqs import PAYLOAD_OMITTED, SqsDeadLetterSink, dead_letter_body
 from outbox_relay.model import DeadLetter, OutboxRecord
+from outbox_relay.ports import SystemClock
 from tests import support
 from tests.sqs_rules import sqs_accepts, sqs_refusal
 from tests.unit.test_deadletter import _any_letter, _check_body
@@ -95,7 +99,9 @@ def _hostile_rows() -> list[DeadLetter]:
 
 def _send_and_read(sqs: SQSClient, url: str, letters: list[DeadLetter], max_bytes: int) -> dict[int, str]:
     sink = SqsDeadLetterSink(sqs, url, max_bytes)
-    assert sink.send(letters) == [None] * len(letters)
+    acknowledged: list[int] = []
+    assert sink.send(letters, acknowledged.append) == [None] * len(letters)
+    assert sorted(acknowledged) == list(range(len(letters))), "each letter reported once, by its index"
     bodies = _drain(sqs, url)
     by_id = {json.loads(b)["outbox_id"]: b for b in bodies}
     assert len(by_id) == len(bodies) == len(letters)
@@ -148,3 +154,50 @@ def test_a_letter_the_queue_refuses_is_acknowledged_reduced(sqs: SQSClient, queu
         assert parsed["event_id"] == letter.record.event_id
         assert "InvalidParameterValue" in parsed["refused"]
         assert not {"payload", "payload_base64", "headers"} & set(parsed)
+
+
+class _StallingClient:
+    """The real client, except that the ``stall_at``-th SendMessageBatch waits for ``release``
+    before it goes out (a frozen process, a request that hangs past the run's deadline)."""
+
+    def __init__(self, sqs: SQSClient, stall_at: int) -> None:
+        self.sqs, self.stall_at, self.batches = sqs, stall_at, 0
+        self.release = threading.Event()
+
+    def send_message_batch(self, **request: Any) -> Any:
+        self.batches += 1
+        if self.batches == self.stall_at:
+            assert self.release.wait(30)
+        return self.sqs.send_message_batch(**request)
+
+
+def test_a_send_cut_by_the_deadline_keeps_what_landed_and_never_sends_a_letter_twice(
+    sqs: SQSClient, queue_4k: str
+) -> None:
+    """25 letters, three requests; the second hangs past the deadline.  The first 10 count as
+    acknowledged; the 15 others are not sent again while the abandoned call may land them, and
+    once it did, their rows may become DEAD without a new send: one letter per row."""
+    client = _StallingClient(sqs, stall_at=2)
+    dispatch = DeadLetterDispatch(SqsDeadLetterSink(client, queue_4k), pause_seconds=0)  # type: ignore[arg-type]
+    letters = [DeadLetter(_record(n), "poison", None) for n in range(1, 26)]
+
+    answers = dispatch.send(letters, SystemClock(), time.monotonic() + 1.5)
+    assert answers[:10] == [None] * 10, "acknowledged before the deadline: these rows become DEAD"
+    assert all(a is not None and "the run's deadline" in a for a in answers[10:])
+
+    rest = letters[10:]
+    assert dispatch.send(rest, SystemClock(), time.monotonic() + 5) == [STILL_SENDING] * 15
+    client.release.set()  # the thaw: the abandoned call sends batches 2 and 3
+    assert support.wait_until(lambda: dispatch.abandoned() == 15 and client.batches == 3, timeout=10)
+    assert support.wait_until(
+        lambda: not any(t.name == "outbox-bounded-call" for t in threading.enumerate()), 10
+    )
+    assert dispatch.send(rest, SystemClock(), time.monotonic() + 5) == [None] * 15
+    assert client.batches == 3, "no letter was sent again"
+
+    ids = sorted(json.loads(b)["outbox_id"] for b in _drain(sqs, queue_4k))
+    assert ids == list(range(1, 26)), "exactly one letter per row"
+
+
+def _record(n: int) -> OutboxRecord:
+    return OutboxRecord(n, f"event-{n}", "order", f"o-{n}", "Evt", b"{}", None, None, 1, 3, 0, True)

@@ -246,7 +246,7 @@ def test_an_acquire_that_fails_half_way_leaks_no_lease(
 
 
 class _NoLetters:
-    def send(self, letters: Any) -> list[str | None]:
+    def send(self, letters: Any, acknowledged: Any = None) -> list[str | None]:
         raise AssertionError("no dead letters expected")
 
 

@@ -18,7 +18,7 @@ from outbox_relay.config import RelaySettings, check_topic_template
 from outbox_relay.dead_letters import DeadLetterDispatch
 from outbox_relay.messages import InvalidEvent, encode, legal_topic
 from outbox_relay.model import DeadLetter, Delivery, Message, OutboxRecord, SendResult
-from outbox_relay.ports import DeadLetterQueueDown
+from outbox_relay.ports import Acknowledged, DeadLetterQueueDown
 from outbox_relay.shard_sweep import (
     EXPIRY_SLACK_SECONDS,
     MAX_SKIP_PAGES,
@@ -237,7 +237,9 @@ class Sink:
         self.calls = 0
         self.release = threading.Event()
 
-    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+    def send(
+        self, letters: Sequence[DeadLetter], acknowledged: Acknowledged | None = None
+    ) -> list[str | None]:
         self.calls += 1
         if self.answer == "down":
             raise DeadLetterQueueDown("AccessDenied", ["not sent"] * len(letters))

@@ -6,8 +6,9 @@ connect and a read timeout and a fixed number of tries (standard retry mode), so
 is known (:meth:`Bounds.worst_case_seconds`).  What else bounds each call:
 
 * SQS (dead letters): the relay core also stops waiting at the run's deadline (``relay.py``).
-* Secrets Manager (database and SCRAM passwords, through Powertools): these bounds alone, which
-  fit inside the shortest function timeout the template allows (10 s).
+* Secrets Manager (database and SCRAM passwords, through Powertools): the runtime also stops
+  waiting at the run's deadline (``runtime.bounded``); the read goes on in its thread and fills
+  the cache if it succeeds.
 * MSK IAM: no client.  The signer signs locally with the credentials botocore finds in the
   environment (Lambda sets ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and
   ``AWS_SESSION_TOKEN``, the first source of botocore's chain): no network call.
@@ -61,8 +62,8 @@ class Bounds:
 
 # SendMessageBatch answers in milliseconds; a dead letter that waits is backed off, not lost.
 SQS = Bounds(connect_timeout=2.0, read_timeout=3.0, attempts=2)
-# GetSecretValue runs inside a database connect, which knows no deadline: keep the whole call
-# (~7 s at worst) below the shortest function timeout minus the stop margin (10 s - 1 s).
+# GetSecretValue runs inside a database connect; the runtime waits for it until the deadline only,
+# and these bounds end the abandoned call (~7 s at worst).
 SECRETS_MANAGER = Bounds(connect_timeout=1.0, read_timeout=2.0, attempts=2)
 # generate_db_auth_token makes no call; bounded all the same should one ever be added.
 RDS = Bounds(connect_timeout=1.0, read_timeout=2.0, attempts=2)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .model import DeadLetter
-from .ports import DeadLetterQueueDown
+from .ports import Acknowledged, DeadLetterQueueDown
 from .rowtext import shown
 
 if TYPE_CHECKING:
@@ -64,6 +64,10 @@ _CUTTABLE = (
 # What json.dumps(ensure_ascii=False) leaves raw that SQS refuses: surrogates (a Python str can
 # hold lone ones) and the non-characters U+FFFE and U+FFFF.  It already escapes C0 controls.
 _NOT_XML_CHARS = re.compile("[\ud800-\udfff\ufffe\uffff]+")
+
+
+def _ignore(_index: int) -> None:
+    pass
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -243,20 +247,24 @@ class SqsDeadLetterSink:
     def client(self) -> SQSClient:
         return self._factory()
 
-    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
+    def send(
+        self, letters: Sequence[DeadLetter], acknowledged: Acknowledged | None = None
+    ) -> list[str | None]:
         """Blocks for at most one bounded call per batch of 10 (``aws_clients.SQS``), plus one per
-        batch of refused letters.  After a call that failed as a whole (the queue, not a letter)
-        no later call is tried (it would wait alike): :class:`DeadLetterQueueDown` says so, with
-        the answers so far."""
+        batch of refused letters; ``acknowledged(i)`` is told of each letter as soon as its batch
+        is answered.  After a call that failed as a whole (the queue, not a letter) no later call
+        is tried (it would wait alike): :class:`DeadLetterQueueDown` says so, with the answers so
+        far."""
+        acked = acknowledged or _ignore
         bodies = [dead_letter_body(letter, self.max_bytes) for letter in letters]
         results: list[str | None] = ["not sent"] * len(letters)
         refused: dict[int, str] = {}  # letter index -> why SQS refused its full body
-        down = self._send(bodies, range(len(letters)), results, refused)
+        down = self._send(bodies, range(len(letters)), results, refused, acked)
         if down is not None:
             for i, why in refused.items():
                 results[i] = f"{why} (not resent: the queue failed)"
             raise DeadLetterQueueDown(down, results)
-        self._resend_refused(letters, refused, results)
+        self._resend_refused(letters, refused, results, acked)
         return results
 
     def _send(
@@ -265,10 +273,11 @@ class SqsDeadLetterSink:
         indices: Sequence[int],
         results: list[str | None],
         refused: dict[int, str],
+        acknowledged: Acknowledged,
     ) -> str | None:
-        """Send ``bodies[i]`` for each i in ``indices``; record acknowledgements and failures in
-        ``results``, content refusals in ``refused``.  Once a call failed as a whole, stop and
-        answer why (None when every call was answered)."""
+        """Send ``bodies[i]`` for each i in ``indices``; record acknowledgements (told to
+        ``acknowledged`` too) and failures in ``results``, content refusals in ``refused``.  Once a
+        call failed as a whole, stop and answer why (None when every call was answered)."""
         batches = self._batches([bodies[i] for i in indices])
         for n, batch in enumerate(batches):
             members = [indices[k] for k in batch]
@@ -285,6 +294,7 @@ class SqsDeadLetterSink:
                 return self._fail_rest(batches[n:], indices, results, _one_line(str(exc)))
             for ok in response.get("Successful", []):
                 results[int(ok["Id"])] = None
+                acknowledged(int(ok["Id"]))
             for failed in response.get("Failed", []):
                 i = int(failed["Id"])
                 error = _one_line(f"{failed.get('Code')}: {failed.get('Message', '')}")
@@ -304,7 +314,11 @@ class SqsDeadLetterSink:
         return error
 
     def _resend_refused(
-        self, letters: Sequence[DeadLetter], refused: dict[int, str], results: list[str | None]
+        self,
+        letters: Sequence[DeadLetter],
+        refused: dict[int, str],
+        results: list[str | None],
+        acknowledged: Acknowledged,
     ) -> None:
         """Once, with ids and reason only: a refused letter is this letter's problem, and a row
         left PENDING for it would be refused again at every run.  Raises DeadLetterQueueDown if
@@ -316,7 +330,7 @@ class SqsDeadLetterSink:
         dense = [bodies[i] for i in indices]
         again: dict[int, str] = {}
         sub: list[str | None] = ["not sent"] * len(indices)
-        down = self._send(dense, range(len(indices)), sub, again)
+        down = self._send(dense, range(len(indices)), sub, again, lambda k: acknowledged(indices[k]))
         for k, i in enumerate(indices):
             record = letters[i].record
             if sub[k] is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -134,12 +134,20 @@ class DeadLetterQueueDown(Exception):
         self.results = list(results)
 
 
+# Told ``i`` as soon as the queue acknowledged ``letters[i]`` (from the sending thread): a send
+# cut off by the deadline still counts the letters that landed.
+Acknowledged = Callable[[int], None]
+
+
 class DeadLetterSink(Protocol):
     """The dead-letter queue."""
 
-    def send(self, letters: Sequence[DeadLetter]) -> list[str | None]:
-        """Send each letter; per letter ``None`` once acknowledged, else why the queue refused it.
-        Raises :class:`DeadLetterQueueDown` when the queue itself did not answer."""
+    def send(
+        self, letters: Sequence[DeadLetter], acknowledged: Acknowledged | None = None
+    ) -> list[str | None]:
+        """Send each letter; per letter ``None`` once acknowledged (and ``acknowledged(i)`` said
+        so on the way), else why the queue refused it.  Raises :class:`DeadLetterQueueDown` when
+        the queue itself did not answer."""
         ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
@@ -10,8 +11,8 @@ from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from . import aws_clients
 from .admin_mysql import OutboxAdmin
 from .config import Config, RelaySettings
-from .db import connector
-from .dead_letters import DeadLetterDispatch
+from .db import SecretReader, connector
+from .dead_letters import DeadLetterDispatch, within
 from .deadletter_sqs import SqsDeadLetterSink
 from .kafka_auth import auth_config
 from .ports import CredentialsUnavailable, Metrics, SystemClock
@@ -34,6 +35,23 @@ def read_secret(arn: str, fresh: bool = False) -> str:
         raise CredentialsUnavailable(f"cannot read secret {arn}: {detail}") from exc
 
 
+def bounded(seconds: Callable[[], float]) -> SecretReader:
+    """:func:`read_secret`, waited for ``seconds()`` at most (the time the run has left): the
+    client's own bounds (aws_clients.SECRETS_MANAGER, ~7 s) do not know the run's deadline.  A
+    read cut off goes on in its thread and fills Powertools' cache if it succeeds."""
+
+    def read(arn: str, fresh: bool = False) -> str:
+        limit = seconds()
+        try:
+            return within(limit, lambda: read_secret(arn, fresh))
+        except TimeoutError:
+            raise CredentialsUnavailable(
+                f"cannot read secret {arn}: no answer within {limit:.1f} s (the run's deadline)"
+            ) from None
+
+    return read
+
+
 # Powertools' provider on the bounded Secrets Manager client: built on the first secret read (a
 # run with OUTBOX_DB_PASSWORD never pays for it), kept while warm (it caches the values).
 _secrets: SecretsProvider | None = None
@@ -52,9 +70,14 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         db = config.database
-        # Connections opened in an invocation are bounded by its deadline (see bound()); late
-        # bound: the store is made below.
-        connect = connector(db, read_secret, timeout=lambda: self.store.statement_timeout())  # noqa: PLW0108
+
+        # Connections opened in an invocation, and the secret reads they make, are bounded by its
+        # deadline (see bound()); late bound: the store is made below.
+        def time_left() -> float:
+            return self.store.statement_timeout()
+
+        secrets = bounded(time_left)
+        connect = connector(db, secrets, timeout=time_left)
         delete_on_publish = config.retention.published_seconds == 0
         self.store = MySQLOutboxStore(
             connect, OutboxSql(db.table), db.lock_wait_timeout_seconds, delete_on_publish=delete_on_publish
@@ -64,7 +87,7 @@ class Runtime:
             connect, OutboxSql(db.table), db.lock_wait_timeout_seconds, delete_on_publish=delete_on_publish
         )
         self.publisher = KafkaPublisher(
-            config.kafka, extra_config=lambda: auth_config(config.kafka, read_secret)
+            config.kafka, extra_config=lambda: auth_config(config.kafka, lambda arn: secrets(arn, False))
         )
         # The client (bounded: aws_clients.SQS) is built on the first dead letter.  The dispatch
         # lives while warm, so a queue outage's pause carries over to the next invocations.

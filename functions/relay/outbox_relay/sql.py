@@ -180,21 +180,32 @@ class OutboxSql:
             f" AND shard IN ({_marks(shards)})"
         )
 
-    def schedule_retry(self, shards: int) -> str:
-        """Parameters: attempts increment (0 or 1), delay µs, error, id, the attempts the relay
-        read, then shards.  The attempts guard makes the charge idempotent: a finalize re-run
-        after a COMMIT whose answer was lost finds the count already moved and charges nothing."""
+    def schedule_retries(self, rows: int, shards: int) -> str:
+        """Back off ``rows`` rows in one statement, each with its own charge, delay and error.
+        Parameters: per row its id, the attempts the relay read, the attempts increment (0 or 1),
+        delay µs and error; then the ids again, then shards.  The attempts guard makes the charge
+        idempotent: a finalize re-run after a COMMIT whose answer was lost finds the count already
+        moved and charges nothing.  A derived table of literals (no VALUES: MySQL spells it
+        ``VALUES ROW(...)``, MariaDB ``VALUES (...)``); ``id IN`` keeps the lookup on the key."""
+        first = (
+            "SELECT %s AS id, %s AS attempts, %s AS charge,"
+            " UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND AS due, %s AS error"
+        )
+        rest = " UNION ALL SELECT %s, %s, %s, UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND, %s" * (rows - 1)
         return (
-            f"UPDATE `{self.table}` SET attempts = attempts + %s,"
-            " available_at = UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND, last_error = %s"
-            f" WHERE status = 'PENDING' AND id = %s AND attempts = %s AND shard IN ({_marks(shards)})"
+            f"UPDATE `{self.table}` o JOIN ({first}{rest}) v ON o.id = v.id AND o.attempts = v.attempts"
+            " SET o.attempts = o.attempts + v.charge, o.available_at = v.due, o.last_error = v.error"
+            f" WHERE o.status = 'PENDING' AND o.id IN ({_marks(rows)}) AND o.shard IN ({_marks(shards)})"
         )
 
-    def mark_dead(self, shards: int) -> str:
-        """Parameters: error, id, then shards.  Only after the dead-letter queue acknowledged."""
+    def mark_dead(self, rows: int, shards: int) -> str:
+        """Parameters: per row its id and error; then the ids again, then shards.  Only after the
+        dead-letter queue acknowledged."""
+        values = "SELECT %s AS id, %s AS error" + " UNION ALL SELECT %s, %s" * (rows - 1)
         return (
-            f"UPDATE `{self.table}` SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6), last_error = %s"
-            f" WHERE status = 'PENDING' AND id = %s AND shard IN ({_marks(shards)})"
+            f"UPDATE `{self.table}` o JOIN ({values}) v ON o.id = v.id"
+            " SET o.status = 'DEAD', o.dead_at = UTC_TIMESTAMP(6), o.last_error = v.error"
+            f" WHERE o.status = 'PENDING' AND o.id IN ({_marks(rows)}) AND o.shard IN ({_marks(shards)})"
         )
 
     # --- lag ------------------------------------------------------------------------------

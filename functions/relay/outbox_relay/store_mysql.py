@@ -13,17 +13,19 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from enum import Enum
 from typing import Any, TypeAlias, TypeVar
 
 import pymysql
 import pymysql.cursors
 
+from .finalize_mysql import apply_plan
 from .model import AggregateKey, FinalizePlan, FinalizeResult, OutboxRecord, PendingStats
 from .ports import CredentialsUnavailable, StoreUnavailable
-from .rowtext import decode, decode_nullable, raw, shown
+from .rowtext import decode, decode_nullable, raw
 from .sql import SESSION_SETUP, OutboxSql
+from .watchdog import Watchdog
 
 log = logging.getLogger("outbox_relay")
 T = TypeVar("T")
@@ -44,6 +46,9 @@ STATEMENT_TIMEOUT_SECONDS = 30.0
 # margin is 1 s: what the Lambda keeps after the deadline for its last statements).
 PAST_DEADLINE_SECONDS = 0.5
 ACQUIRE_LOCK_WAIT_SECONDS = 1
+# A warm connection's ping answers in milliseconds: one that does not within this is dropped
+# (a reconnect costs less than waiting on a vanished peer), and within the deadline in any case.
+PING_SECONDS = 1.0
 
 Connect: TypeAlias = "Callable[[], pymysql.connections.Connection[Any]]"
 
@@ -104,28 +109,61 @@ class MySQLOutboxStore:
         self._shards: list[int] | None = None
         # Monotonic seconds: statements and retries end by then (plus PAST_DEADLINE_SECONDS).
         self.deadline: float | None = None
+        self._watchdog = Watchdog()
 
     # --- connection handling ------------------------------------------------------------
 
     def _connection(self) -> pymysql.connections.Connection[Any]:
         if self._conn is None:
             conn = self._connect()
-            self._bound(conn)
-            with conn.cursor() as cur:
-                cur.execute(SESSION_SETUP[0])
-                cur.execute(SESSION_SETUP[1])
-                cur.execute(SESSION_SETUP[2], (self._lock_wait,))
+            try:
+                self._bound(conn)
+                with self._guarded(conn), conn.cursor() as cur:
+                    cur.execute(SESSION_SETUP[0])
+                    cur.execute(SESSION_SETUP[1])
+                    cur.execute(SESSION_SETUP[2], (self._lock_wait,))
+            except BaseException:
+                with contextlib.suppress(pymysql.err.Error):
+                    conn.close()
+                raise
             self._conn = conn
         return self._conn
 
     def check(self) -> None:
-        """Ping a warm connection at the start of an invocation; drop it if it went stale."""
+        """Ping a warm connection at the start of an invocation (bounded by its deadline, not by
+        the timeouts the last invocation left); drop it if it went stale."""
         if self._conn is None:
             return
+        if self._past_deadline():
+            self.close()  # no time to ping: a statement would open a new one, if any may
+            return
+        seconds = min(PING_SECONDS, self.statement_timeout())
         try:
-            self._conn.ping(reconnect=False)
+            self._bound(self._conn, seconds)
+            with self._guarded(self._conn, time.monotonic() + seconds):
+                self._conn.ping(reconnect=False)
         except pymysql.err.Error:
             self.close()
+
+    @contextlib.contextmanager
+    def _guarded(
+        self, conn: pymysql.connections.Connection[Any], until: float | None = None
+    ) -> Iterator[None]:
+        """Cut whatever ``conn`` does in this block at ``until``, by default at the deadline, or
+        once past it, after PAST_DEADLINE_SECONDS, as statement_timeout: the socket timeouts
+        bound each read, not a call (see watchdog.py)."""
+        if until is None and self.deadline is not None:
+            until = max(self.deadline, time.monotonic()) + PAST_DEADLINE_SECONDS
+        fired = self._watchdog.fired
+        try:
+            with self._watchdog.guard(conn, until):
+                yield
+        finally:
+            if self._watchdog.fired != fired:  # cut, perhaps just as the block ended: not reusable
+                if conn is self._conn:
+                    self._conn = None
+                with contextlib.suppress(pymysql.err.Error):
+                    conn.close()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -155,7 +193,8 @@ class MySQLOutboxStore:
                 conn = self._connection()
                 reached = True
                 self._bound(conn)
-                return work(conn)
+                with self._guarded(conn):
+                    return work(conn)
             except CredentialsUnavailable as exc:  # the password's secret: retrying now fails alike
                 raise StoreUnavailable(f"{what}: {exc}", reached) from exc
             except (pymysql.err.MySQLError, OSError) as exc:
@@ -192,10 +231,10 @@ class MySQLOutboxStore:
             seconds = min(seconds, max(PAST_DEADLINE_SECONDS, left))
         return seconds
 
-    def _bound(self, conn: pymysql.connections.Connection[Any]) -> None:
-        """Cap the socket timeouts of the next statements by the deadline.  PyMySQL applies its
-        read/write timeouts before every packet, so setting them here bounds what follows."""
-        seconds = self.statement_timeout()
+    def _bound(self, conn: pymysql.connections.Connection[Any], seconds: float | None = None) -> None:
+        """Cap the socket timeouts of the next statements (by the deadline unless ``seconds``).
+        PyMySQL applies them to each socket read and write; _guarded bounds the whole call."""
+        seconds = self.statement_timeout() if seconds is None else seconds
         # PyMySQL has no public setter for them.
         setattr(conn, "_read_timeout", seconds)  # noqa: B010
         setattr(conn, "_write_timeout", seconds)  # noqa: B010
@@ -351,30 +390,7 @@ class MySQLOutboxStore:
                     if not kept:
                         conn.rollback()
                         return FinalizeResult(0, 0, 0, lost)
-                    published = retried = dead = 0
-                    if plan.published:
-                        mark = (
-                            self.sql.delete_published if self.delete_on_publish else self.sql.mark_published
-                        )
-                        published = cur.execute(
-                            mark(len(plan.published), len(kept)), [*plan.published, *kept]
-                        )
-                    retry_sql = self.sql.schedule_retry(len(kept))
-                    for d in plan.retries:
-                        retried += cur.execute(
-                            retry_sql,
-                            (
-                                1 if d.charge_attempt else 0,
-                                micros(d.delay_seconds),
-                                shown(d.error)[:1024],
-                                d.record_id,
-                                d.attempts,
-                                *kept,
-                            ),
-                        )
-                    dead_sql = self.sql.mark_dead(len(kept))
-                    for record_id, reason in plan.dead:
-                        dead += cur.execute(dead_sql, (shown(reason)[:1024], record_id, *kept))
+                    published, retried, dead = apply_plan(cur, self.sql, plan, kept, self.delete_on_publish)
                     cur.execute(self.sql.renew_shards(len(kept)), (micros(lease_seconds), token, *kept))
                 conn.commit()
             except BaseException:
