@@ -43,6 +43,7 @@ class Broker:
     denied: set[str] = field(default_factory=set)
     max_bytes: int | None = None
     expire: set[bytes] = field(default_factory=set)  # values whose batch expires
+    invalid: set[bytes] = field(default_factory=set)  # values the broker finds invalid
     ack_delay: float = 0.0
     stagger: float = 0.0  # each pending record's ack comes this much after the one before
     log: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (topic, key, value)
@@ -113,6 +114,9 @@ class FatalStateProducer:
             self.broker.produced.append(value)
             if value in self.broker.expire:
                 future.done(kafka_errors.KafkaTimeoutError("Expiring 1 record(s)"))
+            elif value in self.broker.invalid:
+                self.fatal = kafka_errors.InvalidRecordError("invalid")
+                future.done(self.fatal)
             elif topic in self.broker.denied:
                 self.fatal = kafka_errors.TopicAuthorizationFailedError(topic)
                 future.done(self.fatal)

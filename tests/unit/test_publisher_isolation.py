@@ -75,6 +75,18 @@ def test_a_record_over_the_broker_limit_is_found_wherever_it_is_and_not_sent_aga
     assert len(broker.producers) == made, "no producer lost to it a second time"
 
 
+def test_an_invalid_record_is_found_by_bisection_wherever_it_is() -> None:
+    for position in (0, 37, 150, 199):
+        broker = Broker(FakeClock())
+        pub = publisher(broker)
+        batch = [message(n) for n in range(200)]
+        broker.invalid = {batch[position].value}
+        results = publish(pub, batch)
+        assert results == [Delivery.REJECTED if n == position else Delivery.DELIVERED for n in range(200)]
+        assert len(broker.producers) - 1 <= 2 * math.ceil(math.log2(200)), "group sends"
+        assert broker.produced.count(batch[position].value) <= math.ceil(math.log2(200)) + 1
+
+
 def test_isolation_never_resends_a_record_after_an_earlier_one_of_its_key_failed() -> None:
     """A1 expires (retriable), C's topic is denied (fatal), A2 is aborted: A2 must not be
     re-sent in isolation, or its first copy would land before A1's."""
