@@ -21,13 +21,22 @@ expired or aborted in flight, a producer whose sender thread could not be stoppe
 ``in_doubt``.  A stopped producer's sender thread is joined, bounded by the deadline; one that
 would not stop is joined before this publisher sends anything again.
 
-The producer API used (a simulated producer implements exactly this): ``factory(**config)``;
-``producer.send(topic, value=, key=, headers=) -> future``; ``producer.flush(timeout=)`` (may
-raise ``KafkaTimeoutError`` or another ``KafkaError``); ``producer.close(timeout=)``;
-``producer.config["max_block_ms"]`` (written before each send); ``producer._metadata.
-_last_successful_refresh_ms`` (the clock's time base, in ms); ``producer._sender`` with
-``force_close()``, ``join(timeout)``, ``is_alive()``.  A future: ``is_done`` and ``exception``
-(``None`` once delivered); one already done when ``send`` returns failed inside ``send``.
+The producer API used (a simulated producer implements exactly this):
+
+* ``factory(**config)`` (``producer_config``; may raise ``KafkaError``);
+* ``producer.send(topic, value=, key=, headers=) -> future``; may raise ``KafkaTimeoutError``
+  (metadata wait past ``config["max_block_ms"]``, written before each send), a
+  ``BrokerResponseError`` such as ``TopicAuthorizationFailedError``, ``MessageSizeTooLargeError``,
+  ``TypeError``/``ValueError``, or another ``KafkaError``;
+* ``producer.flush(timeout=)``: waits up to ``timeout`` per incomplete batch; may raise
+  ``KafkaTimeoutError`` or another ``KafkaError``;
+* ``producer.close(timeout=)``;
+* ``producer._metadata._last_successful_refresh_ms`` (optional; the clock's time base, in ms);
+* ``producer._sender`` (optional): ``force_close()``, ``join(timeout)``, ``is_alive()``;
+* a future: ``is_done``, ``exception`` (``None`` once delivered), and optionally
+  ``_produce_future`` (its batch: futures sharing one are one batch for ``flush``).  A future
+  already done when ``send`` returns failed inside ``send`` (never reached the broker).
+
 All time is read from the injected :class:`~outbox_relay.ports.Clock`.
 """
 
