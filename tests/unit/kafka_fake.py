@@ -46,6 +46,10 @@ class Broker:
     invalid: set[bytes] = field(default_factory=set)  # values the broker finds invalid
     ack_delay: float = 0.0
     stagger: float = 0.0  # each pending record's ack comes this much after the one before
+    # The sender thread answers what was sent before while later records are being sent, so a
+    # dead producer's next future is already failed when send() returns (as a failed metadata
+    # lookup's is).
+    eager: bool = False
     log: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (topic, key, value)
     produced: list[bytes] = field(default_factory=list)  # values that reached the broker
     producers: list[FatalStateProducer] = field(default_factory=list)
@@ -96,6 +100,11 @@ class FatalStateProducer:
         self.block_ms_seen.append((self.config["max_block_ms"], self.broker.clock.now))
         future = Future()
         delay = self.broker.ack_delay + self.broker.stagger * len(self.pending)
+        if self.broker.eager:
+            self.flush()
+            if self.fatal is not None:
+                future.done(self.fatal)
+                return future
         self.pending.append((future, topic, key, value, self.broker.clock.now + delay))
         return future
 

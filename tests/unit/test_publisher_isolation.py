@@ -9,6 +9,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,8 +34,9 @@ def publish(pub: KafkaPublisher, messages: list[Message], seconds: float = 30.0)
     return [r.delivery for r in pub.send(messages, deadline).wait(deadline)]
 
 
-def test_a_write_denied_topic_costs_only_its_rows_and_the_producer_is_replaced() -> None:
-    broker = Broker(FakeClock(), denied={"denied"})
+@pytest.mark.parametrize("eager", [False, True])
+def test_a_write_denied_topic_costs_only_its_rows_and_the_producer_is_replaced(eager: bool) -> None:
+    broker = Broker(FakeClock(), denied={"denied"}, eager=eager)
     pub = publisher(broker)
     topics = ["a", "b", "a", "denied", "b", "a", "denied", "b", "a", "b"]
     batch = [message(n, topic) for n, topic in enumerate(topics)]

@@ -100,6 +100,10 @@ class Failure(enum.Enum):
     PRODUCER_WIDE = "producer_wide"  # fatal, and no record is to blame
 
 
+# Failures whose records are isolated: they failed with the producer, whoever is to blame.
+ISOLATE = frozenset({Failure.FATAL, Failure.EPOCH_BUMP})
+
+
 def failure(exc: BaseException) -> Failure:
     """How the sender thread failed a future with ``exc`` (``Sender._dispatch_error``)."""
     if isinstance(exc, kafka_errors.RetriableError):

@@ -321,6 +321,15 @@ class KafkaPublisher:
         (its fatal state or an epoch reset): they are not delivered, and whose fault is unknown."""
         failed: dict[int, BaseException] = {}
         wide: str | None = None
+        # The sender thread may abort a record of a dead producer before send() even returned:
+        # failing inside send() (a metadata error) is then not told from being aborted.  A dead
+        # producer failed a record after its send, or failed several with one exception object.
+        isolate = [
+            (f.exception, early)
+            for _, f, early in futures
+            if f.is_done and f.exception is not None and pe.failure(f.exception) in pe.ISOLATE
+        ]
+        dead = any(not early for _, early in isolate) or len({id(e) for e, _ in isolate}) < len(isolate)
         for index, future, early in futures:
             exc = future.exception
             if not future.is_done:
@@ -328,10 +337,11 @@ class KafkaPublisher:
                 self._in_doubt = True
             elif exc is None:
                 results[index] = SendResult(Delivery.DELIVERED)
-            elif early:  # failed inside send(): a metadata error, nothing was sent
+            elif early and not dead:  # failed inside send(): a metadata error, nothing was sent
                 results[index] = self.own_failure(messages[index], exc)
             else:
-                self._in_doubt = True  # expired or aborted in flight: it may still be appended
+                # Expired or aborted in flight: it may still be appended.
+                self._in_doubt = self._in_doubt or not early
                 kind = pe.failure(exc)
                 if kind is pe.Failure.EXPIRED:
                     results[index] = SendResult(Delivery.UNAVAILABLE, pe.describe(exc))
