@@ -35,7 +35,8 @@ The producer API used (a simulated producer implements exactly this):
 * ``producer._sender`` (optional): ``force_close()``, ``join(timeout)``, ``is_alive()``;
 * a future: ``is_done``, ``exception`` (``None`` once delivered), and optionally
   ``_produce_future`` (its batch: futures sharing one are one batch for ``flush``).  A future
-  already done when ``send`` returns failed inside ``send`` (never reached the broker).
+  already done when ``send`` returns failed inside ``send`` (never reached the broker), unless
+  the producer died in that batch (the sender thread may abort it that early).
 
 All time is read from the injected :class:`~outbox_relay.ports.Clock`.
 """
