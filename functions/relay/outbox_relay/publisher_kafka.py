@@ -1,55 +1,79 @@
-"""Publishing with kafka-python 3.x: idempotent producer, acks=all, one flush per batch.
+"""Publishing with kafka-python 3.x: idempotent producer, acks=all, one wait per batch.
 
-Classifies every send into a :class:`~outbox_relay.model.Delivery`:
+Classifies every send into a :class:`~outbox_relay.model.Delivery` (what each produce error does
+to kafka-python's producer is written down, with references to its source, in
+:mod:`outbox_relay.produce_errors`):
 
 * broker down, slow, or timing out → ``UNAVAILABLE`` (never charged to a row);
-* unknown topic / topic not authorized while the cluster answers → ``TOPIC_UNAVAILABLE``: a
-  per-topic outage (a configuration mistake, a topic not created yet), not the row's fault, so
-  never charged, and never mistaken for a fatal producer error; the topic is remembered for
-  ``TOPIC_MEMORY_SECONDS`` (across the runs of a warm process), so a missing topic costs at
-  most one bounded metadata wait in that time, not one per send, pass or run;
-* too large / invalid record → ``REJECTED`` (dead letter).
+* unknown topic / topic not authorized → ``TOPIC_UNAVAILABLE`` under that topic alone: never
+  charged, remembered for ``TOPIC_MEMORY_SECONDS`` (across the runs of a warm process), so the
+  topic costs at most one bounded metadata wait or one isolation in that time;
+* too large / invalid record → ``REJECTED`` (dead letter); the record is remembered, so while it
+  waits for the dead-letter queue it is not sent again.
 
-A non-retriable broker error puts kafka-python's idempotent producer into a fatal state that
-fails every other pending batch with the same exception, so the culprit cannot be told apart.
-The publisher then drops the producer and re-sends the failed records one by one on a fresh one
-(capped), which finds the culprit and delivers the bystanders.
+A non-retriable produce error (a topic denied for WriteData, a record over the broker's
+``message.max.bytes``, ...) puts the producer in its fatal state: every other pending record
+fails with the same exception.  The publisher stops that producer and finds the culprits by
+bisection on fresh ones (:mod:`outbox_relay.isolation`), bounded by the time left.
+
+Records the broker may still append after ``wait`` returned (a wait cut by the deadline, a batch
+expired or aborted in flight, a producer whose sender thread could not be stopped in time) set
+``in_doubt``.  A stopped producer's sender thread is joined, bounded by the deadline; one that
+would not stop is joined before this publisher sends anything again.
+
+The producer API used (a simulated producer implements exactly this):
+
+* ``factory(**config)`` (``producer_config``; may raise ``KafkaError``);
+* ``producer.send(topic, value=, key=, headers=) -> future``; may raise ``KafkaTimeoutError``
+  (metadata wait past ``config["max_block_ms"]``, written before each send), a
+  ``BrokerResponseError`` such as ``TopicAuthorizationFailedError``, ``MessageSizeTooLargeError``,
+  ``TypeError``/``ValueError``, or another ``KafkaError``;
+* ``producer.flush(timeout=)``: waits up to ``timeout`` per incomplete batch; may raise
+  ``KafkaTimeoutError`` or another ``KafkaError``;
+* ``producer.close(timeout=)``;
+* ``producer._metadata._last_successful_refresh_ms`` (optional; the clock's time base, in ms);
+* ``producer._sender`` (optional): ``force_close()``, ``join(timeout)``, ``is_alive()``;
+* a future: ``is_done``, ``exception`` (``None`` once delivered), and optionally
+  ``_produce_future`` (its batch: futures sharing one are one batch for ``flush``).  A future
+  already done when ``send`` returns failed inside ``send`` (never reached the broker), unless
+  the producer died in that batch (the sender thread may abort it that early).
+
+All time is read from the injected :class:`~outbox_relay.ports.Clock`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka import errors as kafka_errors
 
+from . import produce_errors as pe
 from .config import KafkaSettings
-from .model import CONTENT_ERRORS, AggregateKey, Delivery, Message, SendResult
-from .ports import CredentialsUnavailable, InFlight, Settled
+from .isolation import after_isolation, isolate
+from .model import CONTENT_ERRORS, Delivery, Message, SendResult
+from .ports import Clock, CredentialsUnavailable, InFlight, Settled, SystemClock
 
 log = logging.getLogger("outbox_relay")
 
-# Records re-sent one at a time after a fatal producer error, per publish call.
-ISOLATION_CAP = 20
-FLUSH_TRIES = 5
 # A topic found missing or denied is not asked for again for this long (its rows wait as long,
 # relay.TOPIC_WAIT_SECONDS); a topic created meanwhile is used within that time.
 TOPIC_MEMORY_SECONDS = 30.0
+# A record Kafka rejected is not sent again for this long (it waits for the dead-letter queue).
+REJECTED_MEMORY_SECONDS = 900.0
+REJECTED_MEMORY_SIZE = 1000
 # A metadata wait the deadline cut shorter than this is no sign of an outage (a longer one with
 # no answer from the cluster is).
 MIN_METADATA_WAIT_MS = 250
-_POISON = (
-    kafka_errors.MessageSizeTooLargeError,
-    kafka_errors.RecordListTooLargeError,
-    kafka_errors.InvalidRecordError,
-    kafka_errors.CorruptRecordError,
-)
-_TOPIC_PROBLEMS = (kafka_errors.TopicAuthorizationFailedError, kafka_errors.UnknownTopicOrPartitionError)
+NO_ACK = "no acknowledgement before the deadline"
 
 ProducerFactory = Callable[..., Any]
+Key = tuple[str, bytes]
+# index, future, and whether it had already failed when send() returned
+Sent = tuple[int, Any, bool]
 
 
 def producer_config(settings: KafkaSettings, bootstrap_timeout_ms: int) -> dict[str, Any]:
@@ -84,22 +108,34 @@ class KafkaPublisher:
         settings: KafkaSettings,
         factory: ProducerFactory = KafkaProducer,
         extra_config: Callable[[], dict[str, Any]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self._factory = factory
         self._extra_config = extra_config
+        self._clock: Clock = clock or SystemClock()
         self._producer: Any = None
         self._in_doubt = False
+        # Stopped producers whose sender thread had not exited by the deadline.
+        self._stopping: list[Any] = []
         # Topics found missing or denied: not asked for again (send() would block) until then.
-        self._topic_down: dict[str, tuple[str, float]] = {}  # topic -> (why, until monotonic)
+        self._topic_down: dict[str, tuple[str, float]] = {}  # topic -> (why, until)
+        self._rejected: OrderedDict[tuple[int, str, int], tuple[str, float]] = OrderedDict()
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     @property
     def in_doubt(self) -> bool:
-        return self._in_doubt
+        return self._in_doubt or bool(self._stopping)
 
     def new_run(self) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._topic_down = {t: down for t, down in self._topic_down.items() if down[1] > now}
+        for record, (_, until) in list(self._rejected.items()):
+            if until <= now:
+                del self._rejected[record]
 
     def close(self) -> None:
         """Flush briefly and close; used when the process is done with Kafka."""
@@ -109,26 +145,25 @@ class KafkaPublisher:
                 producer.close(timeout=1)
             except Exception:  # closing must never fail a run
                 log.debug("producer close failed", exc_info=True)
+        self._reap(self._clock.monotonic() + 1.0)
 
-    def _discard(self) -> None:
-        """Drop the producer without waiting: its buffers are abandoned, not frozen for later."""
+    # --- producers ----------------------------------------------------------------------
+
+    def _discard(self, deadline: float) -> None:
+        """Stop the producer without sending what it holds, and wait (to the deadline) for its
+        sender thread: a thread left running would send after a Lambda thaw."""
         producer, self._producer = self._producer, None
-        if producer is None:
-            return
-        try:
-            producer.close(timeout=0)
-        except kafka_errors.KafkaTimeoutError:
-            # kafka-python 3.0.12's close() flushes first and raises when that times out, before
-            # it stops the sender thread; stop it ourselves so nothing is sent later.
-            sender = getattr(producer, "_sender", None)
-            if sender is not None:
-                sender.force_close()
-        except Exception:
-            log.debug("producer discard failed", exc_info=True)
+        if producer is not None and not pe.stop_producer(producer, self._clock, deadline):
+            self._stopping.append(producer)
+
+    def _reap(self, deadline: float) -> bool:
+        """Finish stopping earlier producers; False if one still runs."""
+        self._stopping = [p for p in self._stopping if not pe.stop_producer(p, self._clock, deadline)]
+        return not self._stopping
 
     def _ensure(self, deadline: float) -> Any:
         if self._producer is None:
-            left_ms = int((deadline - time.monotonic()) * 1000)
+            left_ms = int((deadline - self._clock.monotonic()) * 1000)
             if left_ms < 100:
                 raise _Unavailable("no time left to connect to Kafka")
             config = producer_config(self.settings, min(self.settings.max_block_ms, left_ms))
@@ -140,14 +175,19 @@ class KafkaPublisher:
             try:
                 self._producer = self._factory(**config)
             except kafka_errors.KafkaError as exc:
-                raise _Unavailable(f"cannot connect: {_describe(exc)}") from exc
+                raise _Unavailable(f"cannot connect: {pe.describe(exc)}") from exc
         return self._producer
+
+    # --- sending ------------------------------------------------------------------------
 
     def send(self, messages: Sequence[Message], deadline: float) -> InFlight:
         """Hand the batch to the producer (its sender thread ships it); ``wait`` collects."""
         self._in_doubt = False
         if not messages:
             return Settled([])
+        if not self._reap(deadline):
+            error = "a stopped Kafka producer is still sending"
+            return Settled([SendResult(Delivery.UNAVAILABLE, error)] * len(messages))
         try:
             producer = self._ensure(deadline)
         except _Unavailable as exc:
@@ -160,60 +200,51 @@ class KafkaPublisher:
         producer: Any,
         messages: Sequence[Message],
         results: list[SendResult | None],
-        futures: list[tuple[int, Any]],
+        futures: list[Sent],
         deadline: float,
     ) -> list[SendResult]:
         if futures and self._producer is producer:
-            self._flush(producer, deadline)
-        poisoned: list[int] = []
-        for index, future in futures:
-            if not future.is_done:
-                results[index] = SendResult(Delivery.UNAVAILABLE, "no acknowledgement before the deadline")
-            elif future.exception is None:
-                results[index] = SendResult(Delivery.DELIVERED)
-            elif isinstance(future.exception, _TOPIC_PROBLEMS):
-                # A denied topic comes back here (send() turns the metadata error into a failed
-                # future): a topic outage, not a fatal producer state.
-                results[index] = self._topic_unavailable(messages[index].topic, _describe(future.exception))
-            else:
-                result = _classify(future.exception)
-                results[index] = result
-                if not getattr(future.exception, "retriable", False):
-                    poisoned.append(index)
-        if poisoned:
-            # The producer may be in a fatal state: replace it and find the culprit alone.
-            self._discard()
-            self._isolate(messages, results, poisoned, deadline)
-            _after_isolation(messages, results, poisoned)
+            pe.await_futures(producer, [f for _, f, _ in futures], self._clock, deadline)
+        failed = self._outcomes(messages, results, futures)
+        if failed:
+            self._discard(deadline)  # dead (fatal state) or its epoch reset: start afresh
+            sends = isolate(self, messages, results, failed, deadline)
+            after_isolation(messages, results, list(failed))
+            rejected = sum(1 for i in failed if (r := results[i]) and r.delivery is Delivery.REJECTED)
+            log.info(
+                "isolated a fatal produce error",
+                extra={"records": len(failed), "sends": sends, "rejected": rejected},
+            )
         final = [r if r is not None else SendResult(Delivery.NOT_SENT) for r in results]
         if any(r.delivery is Delivery.UNAVAILABLE for r in final):
-            self._discard()  # start the next run on a fresh connection and producer epoch
+            self._discard(deadline)  # start the next run on a fresh connection and producer epoch
         return final
 
     def _send_all(
         self, producer: Any, messages: Sequence[Message], deadline: float
-    ) -> tuple[list[SendResult | None], list[tuple[int, Any]]]:
+    ) -> tuple[list[SendResult | None], list[Sent]]:
+        clock = self._clock
         results: list[SendResult | None] = [None] * len(messages)
-        futures: list[tuple[int, Any]] = []
+        futures: list[Sent] = []
         outage: str | None = None
         for index, message in enumerate(messages):
             if outage is not None:
                 results[index] = SendResult(Delivery.UNAVAILABLE, outage)
                 continue
-            down = self._topic_down.get(message.topic)
-            if down is not None and down[1] > time.monotonic():  # remembered, not for ever
-                results[index] = SendResult(Delivery.TOPIC_UNAVAILABLE, down[0])
+            known = self.known(message)
+            if known is not None:
+                results[index] = known
                 continue
             # send() blocks for topic metadata up to max_block_ms: never past our deadline.
-            left_ms = int((deadline - time.monotonic()) * 1000)
+            left_ms = int((deadline - clock.monotonic()) * 1000)
             producer.config["max_block_ms"] = max(1, min(self.settings.max_block_ms, left_ms))
-            started = time.monotonic()
+            started = clock.monotonic()
             try:
                 future = producer.send(
                     message.topic, value=message.value, key=message.key, headers=message.headers
                 )
             except kafka_errors.KafkaTimeoutError as exc:
-                if _cluster_answered_since(producer, started):
+                if pe.cluster_answered_since(producer, started):
                     error = f"topic {message.topic!r} does not exist or has no leader"
                     results[index] = self._topic_unavailable(message.topic, error)
                 elif left_ms < min(self.settings.max_block_ms, MIN_METADATA_WAIT_MS):
@@ -224,110 +255,142 @@ class KafkaPublisher:
                             results[rest] = SendResult(Delivery.NOT_SENT)
                     break
                 else:
-                    outage = f"no metadata from the cluster: {_describe(exc)}"
+                    outage = f"no metadata from the cluster: {pe.describe(exc)}"
                     results[index] = SendResult(Delivery.UNAVAILABLE, outage)
                 continue
-            except _TOPIC_PROBLEMS as exc:
-                results[index] = self._topic_unavailable(message.topic, _describe(exc))
+            except pe.TOPIC_PROBLEMS as exc:
+                results[index] = self._topic_unavailable(message.topic, pe.describe(exc))
                 continue
-            except _POISON as exc:
-                results[index] = SendResult(Delivery.REJECTED, _describe(exc))
+            except pe.POISON as exc:
+                results[index] = SendResult(Delivery.REJECTED, pe.describe(exc))
                 continue
             except (TypeError, ValueError) as exc:
-                results[index] = SendResult(Delivery.REJECTED, _describe(exc))
+                results[index] = SendResult(Delivery.REJECTED, pe.describe(exc))
                 continue
             except kafka_errors.KafkaError as exc:
-                outage = _describe(exc)
+                outage = pe.describe(exc)
                 results[index] = SendResult(Delivery.UNAVAILABLE, outage)
-                self._in_doubt = bool(futures)  # earlier sends may still be on the wire
-                self._discard()
+                self._in_doubt = self._in_doubt or bool(futures)  # earlier sends may still land
+                self._discard(deadline)
                 break
             except CONTENT_ERRORS as exc:
                 # Anything else kafka-python raises on one record's content: charged to that row
                 # (dead-lettered after max attempts), never the end of the run.  Other exceptions
                 # (a bug) end the run: they would otherwise charge every row.
-                results[index] = SendResult(Delivery.RETRY, _describe(exc))
+                results[index] = SendResult(Delivery.RETRY, pe.describe(exc))
                 continue
             except Exception:
                 # A bug ends the run, but records already handed over may still land: in doubt
                 # (the shards are fenced for the grace period), and this producer sends no more.
-                self._in_doubt = bool(futures)
-                self._discard()
+                self._in_doubt = self._in_doubt or bool(futures)
+                self._discard(deadline)
                 raise
-            futures.append((index, future))
+            futures.append((index, future, bool(future.is_done)))
         if outage is not None:
+            sent = {i for i, _, _ in futures}
             for index in range(len(messages)):
-                if results[index] is None and all(i != index for i, _ in futures):
+                if results[index] is None and index not in sent:
                     results[index] = SendResult(Delivery.UNAVAILABLE, outage)
         return results, futures
 
+    def known(self, message: Message) -> SendResult | None:
+        """What this process already knows about the record's topic or the record: no send."""
+        now = self._clock.monotonic()
+        down = self._topic_down.get(message.topic)
+        if down is not None and down[1] > now:  # remembered, not for ever
+            return SendResult(Delivery.TOPIC_UNAVAILABLE, down[0])
+        rejected = self._rejected.get(_identity(message))
+        if rejected is not None and rejected[1] > now:
+            return SendResult(Delivery.REJECTED, rejected[0])
+        return None
+
     def _topic_unavailable(self, topic: str, error: str) -> SendResult:
-        self._topic_down[topic] = (error, time.monotonic() + TOPIC_MEMORY_SECONDS)
+        self._topic_down[topic] = (error, self._clock.monotonic() + TOPIC_MEMORY_SECONDS)
         log.warning("topic unavailable", extra={"topic": topic, "error": error})
         return SendResult(Delivery.TOPIC_UNAVAILABLE, error)
 
-    def _flush(self, producer: Any, deadline: float) -> None:
-        for _ in range(FLUSH_TRIES):
-            try:
-                producer.flush(timeout=max(0.0, deadline - time.monotonic()))
-                return
-            except kafka_errors.KafkaTimeoutError:
-                break
-            except kafka_errors.KafkaError as exc:
-                # kafka-python 3.0.12 can raise UnknownError("Future not done") from flush()
-                # while it splits an oversized batch; the split batches are still pending.
-                log.info("flush interrupted, flushing again", extra={"error": _describe(exc)})
-        # Records may still reach the broker after we return: the caller keeps the shards
-        # fenced for a grace period, and this producer never sends again.
-        self._in_doubt = True
-        self._discard()
+    def _reject(self, message: Message, error: str) -> SendResult:
+        self._rejected[_identity(message)] = (error, self._clock.monotonic() + REJECTED_MEMORY_SECONDS)
+        while len(self._rejected) > REJECTED_MEMORY_SIZE:
+            self._rejected.popitem(last=False)
+        return SendResult(Delivery.REJECTED, error)
 
-    def _isolate(
+    def _outcomes(
+        self, messages: Sequence[Message], results: list[SendResult | None], futures: list[Sent]
+    ) -> dict[int, BaseException]:
+        """Fill in the results of ``futures``; returns the records that failed with the producer
+        (its fatal state or an epoch reset): they are not delivered, and whose fault is unknown."""
+        failed: dict[int, BaseException] = {}
+        wide: str | None = None
+        # The sender thread may abort a record of a dead producer before send() even returned:
+        # failing inside send() (a metadata error) is then not told from being aborted.  A dead
+        # producer failed a record after its send, or failed several with one exception object.
+        isolate = [
+            (f.exception, early)
+            for _, f, early in futures
+            if f.is_done and f.exception is not None and pe.failure(f.exception) in pe.ISOLATE
+        ]
+        dead = any(not early for _, early in isolate) or len({id(e) for e, _ in isolate}) < len(isolate)
+        for index, future, early in futures:
+            exc = future.exception
+            if not future.is_done:
+                results[index] = SendResult(Delivery.UNAVAILABLE, NO_ACK)
+                self._in_doubt = True
+            elif exc is None:
+                results[index] = SendResult(Delivery.DELIVERED)
+            elif early and not dead:  # failed inside send(): a metadata error, nothing was sent
+                results[index] = self.own_failure(messages[index], exc)
+            else:
+                # Expired or aborted in flight: it may still be appended.
+                self._in_doubt = self._in_doubt or not early
+                kind = pe.failure(exc)
+                if kind is pe.Failure.EXPIRED:
+                    results[index] = SendResult(Delivery.UNAVAILABLE, pe.describe(exc))
+                elif kind is pe.Failure.PRODUCER_WIDE:
+                    wide = pe.describe(exc)
+                    results[index] = SendResult(Delivery.UNAVAILABLE, wide)
+                else:
+                    failed[index] = exc
+        if wide is not None:  # nobody's fault: everything waits for the next run
+            for index in failed:
+                results[index] = SendResult(Delivery.UNAVAILABLE, wide)
+            return {}
+        return failed
+
+    def own_failure(self, message: Message, exc: BaseException) -> SendResult:
+        """The result of a record known to have failed for its own reason (not as a bystander)."""
+        result = pe.classify(exc)
+        if result.delivery is Delivery.TOPIC_UNAVAILABLE:
+            return self._topic_unavailable(message.topic, result.error)
+        if result.delivery is Delivery.REJECTED:
+            return self._reject(message, result.error)
+        return result
+
+    def send_group(
         self,
         messages: Sequence[Message],
         results: list[SendResult | None],
-        poisoned: list[int],
+        group: list[int],
         deadline: float,
-    ) -> None:
-        failed_keys: set[AggregateKey] = set()
-        for n, index in enumerate(poisoned):
-            message = messages[index]
-            key = (message.topic, message.key.decode(errors="replace"))
-            if key in failed_keys or n >= ISOLATION_CAP:
-                results[index] = SendResult(Delivery.NOT_SENT)
-                continue
-            try:
-                producer = self._ensure(deadline)
-                future = producer.send(
-                    message.topic, value=message.value, key=message.key, headers=message.headers
-                )
-                self._flush(producer, deadline)
-            except _Unavailable as exc:
+    ) -> dict[int, BaseException]:
+        """Send ``group`` together and fill in its results; returns the ones that failed with
+        the producer."""
+        try:
+            producer = self._ensure(deadline)
+        except _Unavailable as exc:
+            for index in group:
                 results[index] = SendResult(Delivery.UNAVAILABLE, str(exc))
-                failed_keys.add(key)
-                continue
-            except _TOPIC_PROBLEMS as exc:
-                results[index] = self._topic_unavailable(message.topic, _describe(exc))
-                failed_keys.add(key)
-                continue
-            except kafka_errors.KafkaError as exc:
-                results[index] = _classify(exc)
-                failed_keys.add(key)
-                self._discard()
-                continue
-            if not future.is_done:
-                results[index] = SendResult(Delivery.UNAVAILABLE, "no acknowledgement before the deadline")
-            elif future.exception is None:
-                results[index] = SendResult(Delivery.DELIVERED)
-            elif isinstance(future.exception, _TOPIC_PROBLEMS):
-                results[index] = self._topic_unavailable(message.topic, _describe(future.exception))
-            else:
-                results[index] = _classify(future.exception)
-                self._discard()
-            if results[index] != SendResult(Delivery.DELIVERED):
-                failed_keys.add(key)
-        rejected = sum(1 for i in poisoned if (r := results[i]) and r.delivery is Delivery.REJECTED)
-        log.info("isolated a fatal produce error", extra={"records": len(poisoned), "rejected": rejected})
+            return {}
+        part = [messages[i] for i in group]
+        got, futures = self._send_all(producer, part, deadline)
+        if futures and self._producer is producer:
+            pe.await_futures(producer, [f for _, f, _ in futures], self._clock, deadline)
+        failed = self._outcomes(part, got, futures)
+        for n, index in enumerate(group):
+            results[index] = got[n] if n not in failed else None
+        if failed:
+            self._discard(deadline)  # it is dead: the next group goes on a fresh one
+        return {group[n]: exc for n, exc in failed.items()}
 
 
 class _Unavailable(Exception):
@@ -335,7 +398,7 @@ class _Unavailable(Exception):
 
 
 class _Batch:
-    """The futures of one batch; ``wait`` flushes once and classifies every send."""
+    """The futures of one batch; ``wait`` waits once and classifies every send."""
 
     def __init__(
         self,
@@ -343,7 +406,7 @@ class _Batch:
         producer: Any,
         messages: Sequence[Message],
         results: list[SendResult | None],
-        futures: list[tuple[int, Any]],
+        futures: list[Sent],
     ) -> None:
         self._args = (producer, messages, results, futures)
         self._publisher = publisher
@@ -355,45 +418,5 @@ class _Batch:
         return self._results
 
 
-def _after_isolation(
-    messages: Sequence[Message], results: list[SendResult | None], poisoned: list[int]
-) -> None:
-    """Later records of a key whose earlier record was isolated are not delivered in order.
-
-    After OutOfOrderSequence, UnknownProducerId or InvalidProducerEpoch kafka-python bumps the
-    epoch without aborting: a later batch of the same key may be delivered while the failed one
-    is not, and the failed record's isolated re-send then lands after it.  So every record after
-    the first isolated one of its (topic, key) that the original batch delivered counts as not
-    sent: the contiguous-prefix rule keeps it pending and the next pass sends it again, after.
-    """
-    first: dict[tuple[str, bytes], int] = {}
-    for index in poisoned:
-        first.setdefault((messages[index].topic, messages[index].key), index)
-    isolated = set(poisoned)
-    for index, message in enumerate(messages):
-        start = first.get((message.topic, message.key))
-        if start is not None and index > start and index not in isolated:
-            result = results[index]
-            if result is not None and result.delivery is Delivery.DELIVERED:
-                results[index] = SendResult(Delivery.NOT_SENT)
-
-
-def _classify(exc: BaseException) -> SendResult:
-    if isinstance(exc, _POISON):
-        return SendResult(Delivery.REJECTED, _describe(exc))
-    if isinstance(exc, _TOPIC_PROBLEMS):
-        return SendResult(Delivery.TOPIC_UNAVAILABLE, _describe(exc))
-    return SendResult(Delivery.UNAVAILABLE, _describe(exc))
-
-
-def _cluster_answered_since(producer: Any, started: float) -> bool:
-    """Did a metadata refresh succeed while send() waited?  Then the brokers are up and only this
-    topic is missing.  (kafka-python keeps this on its cluster object; monotonic ms.)"""
-    last_ok = getattr(getattr(producer, "_metadata", None), "_last_successful_refresh_ms", 0) or 0
-    return bool(last_ok / 1000.0 >= started)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    name = type(exc).__name__
-    return f"{name}: {text}"[:500] if text else name
+def _identity(message: Message) -> tuple[int, str, int]:
+    return (message.record_id, message.topic, len(message.value))

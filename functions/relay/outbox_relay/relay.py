@@ -227,6 +227,8 @@ class Relay:
                 self._join(finalizer, run, summary)
             finally:
                 finalizer.close()
+                # However the run ends (send itself may have raised): what may still land fences.
+                run.in_doubt = run.in_doubt or self.publisher.in_doubt
                 self._release(run)
                 summary.blocked = blocked_of(run.sweeps.values())
 
