@@ -81,8 +81,8 @@ def test_a_blocked_aggregate_with_a_long_backlog_does_not_starve_its_shard(
 def test_many_blocked_aggregates_in_one_shard_let_the_rest_through(
     database: support.Database, topics: support.Topics, invoke: Any
 ) -> None:
-    """More blocked aggregates than one read leaves out (``MAX_SKIPPED_KEYS``): the rest of the
-    shard is still reached, by paging past what it cannot leave out."""
+    """More blocked aggregates than one read leaves out by name (``MAX_SKIPPED_KEYS``): the rest
+    of the shard is still reached, by reading it by aggregate heads."""
     make_topics(topics, "order")
     blocked = same_shard("b", 150, "blocked")
     victims = same_shard("b", 153, "blocked")[150:]  # the same shard, after them
@@ -97,7 +97,8 @@ def test_many_blocked_aggregates_in_one_shard_let_the_rest_through(
     summary = invoke(OUTBOX_BATCH_SIZE="50")
 
     assert summary["ok"] and summary["published"] == 3, summary
-    assert summary["blocked_aggregates"] == 150 and len(summary["blocked"]) == 20
+    # Read by heads, the run meets the blocked aggregates due soonest, a page's worth per read.
+    assert 20 <= summary["blocked_aggregates"] <= 150 and len(summary["blocked"]) == 20
 
 
 def test_a_missing_topic_holds_its_rows_back_uncharged_while_every_other_topic_flows(
