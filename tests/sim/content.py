@@ -8,6 +8,7 @@ import json
 import random
 from typing import Any
 
+from outbox_relay import rowtext
 from outbox_relay.model import OutboxRecord
 from outbox_relay.sql import INLINE_BODY_BYTES
 
@@ -41,8 +42,9 @@ def payload(rng: random.Random, size: int) -> bytes:
 
 
 def decode_text(raw: bytes) -> str:
-    """How the real store turns a text column's bytes into ``str`` (PyMySQL: strict UTF-8)."""
-    return raw.decode()
+    """How the real store turns a text column's bytes into ``str`` (store_mysql reads them as
+    bytes and decodes them losslessly)."""
+    return rowtext.decode(raw)
 
 
 def record_of(row: Row, due: bool, wait_seconds: float) -> OutboxRecord:

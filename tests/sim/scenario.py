@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from outbox_relay import dead_letters as dead_letters_module
-from outbox_relay import publisher_kafka
 from outbox_relay.config import KafkaSettings, RelaySettings
 from outbox_relay.dead_letters import DeadLetterDispatch
 from outbox_relay.deadletter_sqs import SqsDeadLetterSink
@@ -152,7 +150,6 @@ class Sim:
             # them are taken with a small workload too.
             "knobs": {
                 "MAX_SKIPPED_KEYS": rng.choice([100, 100, 2, 0]),
-                "MAX_SKIP_PAGES": rng.choice([50, 50, 3]),
             },
         }
         self.report.swarm = swarm
@@ -328,7 +325,7 @@ class Sim:
             record = dataclasses.replace(
                 record,
                 payload=row.payload,
-                headers=None if row.headers is None else row.headers.decode(),
+                headers=None if row.headers is None else content.decode_text(row.headers),
                 loaded=True,
             )
             message = encode(record, self.settings)
@@ -349,9 +346,10 @@ class Sim:
             return self.world.rng.choice(idle)
         process = Process(f"lambda-{len(self.envs)}")
         store = SimStore(self.db, content.record_of)
-        publisher = KafkaPublisher(self.kafka, factory=factory(self.cluster, process))
+        clock = SimClock(self.world)
+        publisher = KafkaPublisher(self.kafka, factory=factory(self.cluster, process), clock=clock)
         sink = SqsDeadLetterSink(SimSqsClient(self.queue), "sim://dlq")  # type: ignore[arg-type]
-        env = Env(process, store, publisher, DeadLetterDispatch(sink))
+        env = Env(process, store, publisher, DeadLetterDispatch(sink, runner=_runner(self.world)))
         self.envs.append(env)
         return env
 
@@ -540,7 +538,8 @@ class Sim:
             world.spawn("chaos", control, self._chaos)
         world.at(NOISY_SECONDS, self._quiet)
         try:
-            with _patched(world), _knobs(self.swarm["knobs"]):
+            logging.getLogger("outbox_relay").setLevel(logging.CRITICAL)
+            with _knobs(self.swarm["knobs"]):
                 world.run(NOISY_SECONDS + (QUIET_RUNS + 1) * SCHEDULE_SECONDS)
         except Hung as exc:
             self.violation("hung", str(exc))
@@ -575,28 +574,19 @@ def _first_inversion(ids: list[int]) -> str:
     return "?"
 
 
-@contextlib.contextmanager
-def _patched(world: World) -> Iterator[None]:
-    """Until the publisher and the dead-letter dispatch take a clock and a runner: their module
-    clock and thread are simulated for the run."""
+def _runner(world: World) -> Callable[[float, Callable[[], Any]], Any]:
+    """DeadLetterDispatch's runner in simulated time: the call runs as an actor of the caller's
+    process and the caller waits at most ``seconds``; a call it stops waiting for goes on (and
+    may land its letters later, after a thaw too)."""
 
-    class _Time:
-        @staticmethod
-        def monotonic() -> float:
-            return world.now
-
-        @staticmethod
-        def sleep(seconds: float) -> None:
-            world.pause(seconds)
-
-    def within(seconds: float, call: Callable[[], Any]) -> Any:
+    def run(seconds: float, call: Callable[[], Any]) -> Any:
         me = world.block()
         box: dict[str, Any] = {}
 
         def work() -> None:
             try:
                 box["result"] = call()
-            except BaseException as exc:
+            except BaseException as exc:  # handed to the waiting actor
                 box["error"] = exc
             world.wake(me)
 
@@ -608,15 +598,7 @@ def _patched(world: World) -> Iterator[None]:
             raise TimeoutError
         return box["result"]
 
-    saved = (getattr(publisher_kafka, "time"), dead_letters_module.within)  # noqa: B009
-    setattr(publisher_kafka, "time", _Time)  # noqa: B010
-    dead_letters_module.within = within
-    logging.getLogger("outbox_relay").setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        setattr(publisher_kafka, "time", saved[0])  # noqa: B010
-        dead_letters_module.within = saved[1]
+    return run
 
 
 @contextlib.contextmanager

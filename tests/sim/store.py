@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from outbox_relay.model import AggregateKey, FinalizePlan, FinalizeResult, OutboxRecord, PendingStats
 from outbox_relay.ports import StoreUnavailable
+from outbox_relay.rowtext import decode, raw
 
 from .world import World
 
@@ -309,14 +310,56 @@ class SimStore:
             self.db.memory_breaches.append(
                 f"{len(sizes)} bodies of {sum(sizes)} bytes in one pass, budget {limit}"
             )
-        return {r.id: (r.payload, None if r.headers is None else r.headers.decode()) for r in rows}
+        return {r.id: (r.payload, None if r.headers is None else decode(r.headers)) for r in rows}
 
-    def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
-        rows = self._statement(
-            "read blocked aggregates",
-            lambda: list(itertools.takewhile(lambda r: r.id <= max_id, self._pending(shard))),
-        )
-        return {(r.aggregate_type.decode(), r.aggregate_id.decode()) for r in rows}
+    def read_due_heads(
+        self, shards: Sequence[int], limit: int, exclude: Mapping[int, Sequence[int]] | None = None
+    ) -> list[OutboxRecord]:
+        """As MySQLOutboxStore.read_due_heads: the heads (one statement), then the due ones' first
+        rows (a second statement, a later snapshot)."""
+        if not shards:
+            return []
+        in_flight = {i for ids in (exclude or {}).values() for i in ids}
+
+        def heads() -> list[tuple[Row, bool, float]]:
+            now = self.db.db_now()
+            out: list[tuple[Row, bool, float]] = []
+            for shard in shards:
+                first: dict[tuple[bytes, bytes], Row] = {}
+                for row in self._pending(shard):
+                    first.setdefault(row.key, row)
+                ordered = sorted(
+                    first.values(),
+                    key=lambda r: (
+                        r.available_at > now,
+                        r.available_at if r.available_at > now else 0.0,
+                        r.id,
+                    ),
+                )
+                out += [(r, r.available_at <= now, max(0.0, r.available_at - now)) for r in ordered[:limit]]
+            return out
+
+        found = self._statement("read due heads", heads)
+        due = [r for r, ok, _ in found if ok and r.id not in in_flight]
+        rows = [self.decode(r, ok, wait) for r, ok, wait in found if not ok]
+        if due:
+            per = -(-limit // len(due))
+
+            def first_rows() -> list[tuple[Row, bool, float]]:
+                now = self.db.db_now()
+                out: list[tuple[Row, bool, float]] = []
+                for head in due:
+                    mine = (r for r in self._pending(head.shard) if r.key == head.key)
+                    out += [
+                        (r, r.available_at <= now, max(0.0, r.available_at - now))
+                        for r in itertools.islice(mine, per)
+                    ]
+                return out
+
+            rows += [
+                self.decode(r, ok, wait) for r, ok, wait in self._statement("read due heads", first_rows)
+            ]
+        return sorted(rows, key=lambda r: (r.shard, r.id))
 
     def pending_stats(self) -> PendingStats:
         def effect() -> PendingStats:
@@ -381,11 +424,17 @@ class SimStore:
         return self._statement("finalize", effect, write=True)
 
 
+def _seen(row: Row, now: float) -> tuple[Row, bool, float]:
+    """A row as a read returns it: due, or how long its backoff has left."""
+    return (row, row.available_at <= now, max(0.0, row.available_at - now))
+
+
+def _head_order(row: Row, now: float) -> tuple[bool, float, int]:
+    """aggregate_heads' ORDER BY: due heads by id, then those backing off, soonest due first."""
+    later = row.available_at > now
+    return (later, row.available_at if later else 0.0, row.id)
+
+
 def _key_bytes(key: AggregateKey) -> tuple[bytes, bytes]:
-    return (_encode(key[0]), _encode(key[1]))
-
-
-def _encode(text: str) -> bytes:
-    """A key the relay passes back, as the bytes the real store sends (surrogateescape: the bytes
-    it read, whatever they were)."""
-    return text.encode("utf-8", "surrogateescape")
+    """A key the relay passes back, as the bytes the real store sends (the bytes it read)."""
+    return (raw(key[0]), raw(key[1]))

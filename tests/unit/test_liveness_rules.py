@@ -21,11 +21,10 @@ from outbox_relay.model import DeadLetter, Delivery, Message, OutboxRecord, Send
 from outbox_relay.ports import Acknowledged, DeadLetterQueueDown
 from outbox_relay.shard_sweep import (
     EXPIRY_SLACK_SECONDS,
-    MAX_SKIP_PAGES,
-    MAX_SKIPPED_KEYS,
     Block,
     ShardSweep,
     advance,
+    starved,
 )
 
 SETTINGS = RelaySettings()
@@ -148,54 +147,44 @@ def test_rows_left_by_the_pass_limit_are_deferred_not_blocked() -> None:
 BLOCK = Block("backing off", until=1e12, head=1)
 
 
-def test_a_full_page_of_newly_blocked_rows_is_read_again_leaving_them_out() -> None:
-    sweeps = {0: ShardSweep(blocked={("t", "A"): BLOCK})}
-    advance({0: [rec(n) for n in range(1, 11)]}, sweeps, limit=10, progress=set(), found={0}, in_flight={})
-    assert sweeps[0].cursor == 0 and not sweeps[0].idle and sweeps[0].skipped_pages == 1
+def test_a_full_page_with_nothing_to_send_is_starved_and_read_by_heads() -> None:
+    """Rows of known blocked aggregates, heads backing off and the rows behind them: nothing the
+    head-of-line rule could send in a full page, so the shard is read by its due heads."""
+    page = [rec(1, "A"), rec(2, "B", due=False), rec(3, "B"), rec(4, "A")]
+    assert starved(page, [0], limit=4, blocked={("t", "A")}) == {0}
 
 
-def test_past_the_skip_list_limit_the_read_pages_on() -> None:
-    blocked = {("t", f"a{n}"): BLOCK for n in range(MAX_SKIPPED_KEYS + 1)}
-    sweeps = {0: ShardSweep(blocked=blocked)}
-    advance({0: [rec(n) for n in range(1, 11)]}, sweeps, limit=10, progress=set(), found={0}, in_flight={})
-    assert sweeps[0].cursor == 10
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.sampled_from("ABCDE"), st.booleans(), st.integers(0, 1)), max_size=12),
+    known=st.sets(st.sampled_from("ABCDE")),
+    limit=st.integers(1, 12),
+)
+def test_a_shard_is_starved_exactly_when_its_page_is_full_and_the_selection_takes_nothing_of_it(
+    rows: list[tuple[str, bool, int]], known: set[str], limit: int
+) -> None:
+    page = [rec(n, agg, shard=shard, due=due) for n, (agg, due, shard) in enumerate(rows, 1)]
+    blocked = {("t", k) for k in known}
+    selection = ordering.select(page, set(blocked), lambda r: Message(r.id, "t", b"", b"{}", []))
+    selected = {r.shard for r, _ in selection.sendable}
+    full = {s for s in (0, 1) if sum(r.shard == s for r in page) >= limit}
+    assert starved(page, [0, 1], limit, blocked) == full - selected
 
 
-def test_a_full_page_with_nothing_new_to_skip_pages_on_and_a_short_one_ends_the_shard() -> None:
+def test_a_shard_that_sent_nothing_rests_and_one_that_sent_is_read_again() -> None:
     sweeps = {0: ShardSweep(), 1: ShardSweep()}
-    pages = {0: [rec(n) for n in range(1, 11)], 1: [rec(20, shard=1)]}
-    advance(pages, sweeps, limit=10, progress=set(), found=set(), in_flight={})
-    assert sweeps[0].cursor == 10 and not sweeps[0].idle
-    assert sweeps[1].idle
+    advance({0: [rec(1)], 1: [rec(2, shard=1)]}, sweeps, progress={1})
+    assert sweeps[0].idle and not sweeps[1].idle
 
 
-def test_a_shard_gives_up_for_the_run_after_max_skip_pages() -> None:
-    sweeps = {0: ShardSweep(skipped_pages=MAX_SKIP_PAGES)}
-    advance({0: [rec(n) for n in range(1, 11)]}, sweeps, limit=10, progress=set(), found={0}, in_flight={})
-    assert sweeps[0].idle
-
-
-def test_a_busy_shard_steps_over_the_blocked_rows_its_page_starts_with_but_not_past_a_row_in_flight() -> None:
-    sweeps = {0: ShardSweep(blocked={("t", "B"): BLOCK})}
-    page = [rec(1, "B"), rec(2, "B"), rec(3, "A"), rec(4, "B")]
-    advance({0: page}, sweeps, limit=10, progress={0}, found=set(), in_flight={0: [3]})
-    assert sweeps[0].cursor == 2
-    sweeps = {0: ShardSweep(blocked={("t", "B"): BLOCK})}
-    advance({0: page}, sweeps, limit=10, progress={0}, found=set(), in_flight={0: [2]})
-    assert sweeps[0].cursor == 1, "a row in flight (here of a blocked aggregate) is never stepped over"
-
-
-def test_a_block_ends_when_its_head_is_due_and_the_shard_is_read_again_from_that_head() -> None:
-    sweep = ShardSweep(cursor=40, skipped_pages=3, idle=True)
+def test_a_block_ends_when_its_head_is_due_and_the_shard_is_read_again() -> None:
+    sweep = ShardSweep(idle=True, by_heads=True)
     sweep.block(("t", "A"), "backing off", until=10.0, head=25)
     sweep.block(("t", "B"), "topic missing", until=99.0, head=7)
     sweep.expire(10.0)  # the slack: not before the database's due time
-    assert set(sweep.blocked) == {("t", "A"), ("t", "B")} and sweep.cursor == 40 and sweep.idle
+    assert set(sweep.blocked) == {("t", "A"), ("t", "B")} and sweep.idle
     sweep.expire(10.0 + EXPIRY_SLACK_SECONDS)
-    assert set(sweep.blocked) == {("t", "B")}
-    # Below A's head, not the shard's start: with blocks ending one after another on a shard
-    # with many blocked aggregates, a read from the start would never get further.
-    assert (sweep.cursor, sweep.skipped_pages, sweep.idle) == (24, 3, False)
+    assert set(sweep.blocked) == {("t", "B")} and not sweep.idle and sweep.by_heads
 
 
 def test_a_row_too_heavy_for_what_other_rows_leave_of_the_budget_is_marked_to_go_first() -> None:

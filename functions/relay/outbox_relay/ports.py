@@ -62,8 +62,14 @@ class OutboxStore(Protocol):
         longer pending are absent."""
         ...
 
-    def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
-        """Aggregates of ``shard`` that still have a pending row with id ≤ ``max_id``."""
+    def read_due_heads(
+        self, shards: Sequence[int], limit: int, exclude: Mapping[int, Sequence[int]] | None = None
+    ) -> list[OutboxRecord]:
+        """Per shard, the aggregates whose first pending row is due, oldest head first (up to
+        ``limit``), each with its first pending rows in id order (its share of ``limit``); then
+        heads backing off (``due`` False), soonest due first, to fill ``limit``.  However many
+        rows wait behind blocked heads, none is read.  An aggregate whose head is in
+        ``exclude`` (in flight) is left out."""
         ...
 
     def finalize(

@@ -41,7 +41,7 @@ from .ports import (
 from .preview import preview
 from .retry import RetryPolicy
 from .rowtext import shown
-from .shard_sweep import MAX_SKIPPED_KEYS, ShardSweep, advance, blocked_of
+from .shard_sweep import MAX_SKIPPED_KEYS, ShardSweep, advance, blocked_of, starved
 
 log = logging.getLogger("outbox_relay")
 
@@ -188,8 +188,7 @@ class Relay:
                 if started + MIN_PASS_SECONDS >= run.work_deadline:
                     summary.stopped_by = "deadline"
                     break
-                batch, selection, found = self._read(active, run, budget, previous)
-                pending = previous.in_flight if previous is not None else {}
+                batch, selection = self._read(active, run, budget, previous)
                 run.unawaited = self.publisher.send([m for _, m in selection.sendable], run.work_deadline)
                 just_finalized = self._join(finalizer, run, summary)
                 results = run.unawaited.wait(run.work_deadline)
@@ -201,8 +200,7 @@ class Relay:
                 # A shard with rows in flight is read again once they are finalized: only then
                 # can it tell what is left.
                 progress = set(step.in_flight) | just_finalized | selection.deferred
-                sent = {s: [*step.in_flight.get(s, ()), *pending.get(s, ())] for s in batch}
-                advance(batch, run.sweeps, self._page(len(active)), progress, found, sent)
+                advance(batch, run.sweeps, progress)
                 if selection.sendable or selection.invalid:
                     summary.passes += 1  # a poll that found nothing is not a pass
                 run.in_doubt = run.in_doubt or self.publisher.in_doubt
@@ -314,37 +312,36 @@ class Relay:
 
     def _read(
         self, active: list[int], run: _Run, budget: int | None, previous: Batch | None
-    ) -> tuple[dict[int, list[OutboxRecord]], ordering.Selection, set[int]]:
+    ) -> tuple[dict[int, list[OutboxRecord]], ordering.Selection]:
         """Read each active shard's head, leaving out its blocked aggregates, and apply the
-        head-of-line rule to it.  Also returns the shards where it found more blocked aggregates."""
+        head-of-line rule to it.  A shard whose page in id order holds nothing to send is read
+        again by its aggregates' due heads, in the same pass (and so on for the run)."""
         sweeps = run.sweeps
         in_flight = previous.in_flight if previous is not None else {}
         unsettled = previous.unsettled if previous is not None else {}
         blocked: set[AggregateKey] = set()
         skip: dict[int, list[AggregateKey]] = {}
-        now = self.clock.monotonic()
         for shard in active:
             keys = set(sweeps[shard].blocked) | unsettled.get(shard, set())
             blocked |= keys
             skip[shard] = sorted(keys)[:MAX_SKIPPED_KEYS]
-        records = self.store.read_heads(
-            {s: sweeps[s].cursor for s in active}, self._page(len(active)), in_flight, skip
-        )
-        # Only now the aggregates with a row at or below a cursor: a row read above it was
-        # committed before the read began, and so was every earlier row of its aggregate (the
-        # writers of one aggregate are serialized), so this later statement sees them.  Asked
-        # first, it could miss a row committed in between and send a later one ahead of it.
-        for shard in active:
-            if sweeps[shard].cursor:
-                blocked |= self.store.pending_keys_up_to(shard, sweeps[shard].cursor)
+        page = self._page(len(active))
+        in_order = [s for s in active if not sweeps[s].by_heads]
+        records = self.store.read_heads(dict.fromkeys(in_order, 0), page, in_flight, skip) if in_order else []
+        stuck = starved(records, in_order, page, blocked)
+        for shard in stuck:
+            sweeps[shard].by_heads = True
+        by_heads = [s for s in active if sweeps[s].by_heads]
+        if by_heads:
+            records = [r for r in records if r.shard not in stuck]
+            records += self.store.read_due_heads(by_heads, page, in_flight)
+        now = self.clock.monotonic()
         batch: dict[int, list[OutboxRecord]] = {s: [] for s in active}
-        found: set[int] = set()
         for record in records:
             batch[record.shard].append(record)
             if not record.due and record.key not in blocked:
                 reason = f"backing off after attempt {record.attempts}"
                 sweeps[record.shard].block(record.key, reason, now + record.wait_seconds, record.id)
-                found.add(record.shard)
         cap = self.settings.batch_size if budget is None else min(budget, self.settings.batch_size)
         limit, size = self._fit(run, cap), self.settings.max_batch_bytes
         if run.first:  # stable: each aggregate keeps its id order
@@ -352,7 +349,7 @@ class Relay:
         records = with_bodies(self.store, records, blocked, limit, size, self.settings.max_message_bytes)
         selection = ordering.select(records, blocked, self._encode, limit, size, self._weigh)
         run.first = selection.heavy
-        return batch, selection, found
+        return batch, selection
 
     def _fit(self, run: _Run, cap: int) -> int:
         """Rows this pass may send: the batch, or fewer when the time left would not carry it."""

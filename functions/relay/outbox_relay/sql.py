@@ -46,6 +46,12 @@ DEAD_ROW_COLUMNS = (
     f"id, {as_bytes('event_id')}, {as_bytes('aggregate_type')}, {as_bytes('aggregate_id')}, shard"
 )
 
+# After ROW_COLUMNS: whether the row's backoff has passed, and how long it has left if not.
+_DUE = (
+    "available_at <= UTC_TIMESTAMP(6) AS due,"
+    " GREATEST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), available_at), 0) AS wait_us"
+)
+
 
 def valid_identifier(name: str) -> bool:
     """True when ``name`` can be used as the outbox table name (letters, digits, ``_``; ≤ 48)."""
@@ -151,13 +157,34 @@ class OutboxSql:
             f" WHERE status = 'PENDING' AND id IN ({_marks(ids)})"
         )
 
-    @property
-    def pending_keys_up_to(self) -> str:
-        """Aggregates with a pending row at or below a cursor (they block later rows)."""
-        return (  # as bytes: DISTINCT on utf8mb4_bin would fold "k" and "k " into one
-            "SELECT DISTINCT CAST(aggregate_type AS BINARY), CAST(aggregate_id AS BINARY)"
-            f" FROM `{self.table}` WHERE shard = %s AND status = 'PENDING' AND id <= %s"
+    def aggregate_heads(self, shards: int) -> str:
+        """Each shard's aggregate heads (the first pending row of each aggregate), found in the
+        aggregate index alone (``ix_outbox_aggregate_head``, V002): however many rows pile up
+        behind blocked heads, none of them is read.  The due heads first, in id order, then those
+        backing off, soonest due first; ``%s`` of them per shard.  Parameters per shard: shard,
+        limit.  (Aggregates that differ only by trailing spaces, which utf8mb4_bin pads to equal,
+        share a group here: the lower head stands for both until it goes.)"""
+        later = "o.available_at > UTC_TIMESTAMP(6)"
+        part = (
+            f"(SELECT STRAIGHT_JOIN {ROW_COLUMNS}, {_DUE}"
+            f" FROM (SELECT MIN(id) AS head FROM `{self.table}` WHERE shard = %s AND status = 'PENDING'"
+            " GROUP BY aggregate_type, aggregate_id) h"
+            f" JOIN `{self.table}` o ON o.id = h.head WHERE o.status = 'PENDING'"
+            f" ORDER BY {later}, IF({later}, o.available_at, NULL), o.id LIMIT %s)"
         )
+        return " UNION ALL ".join([part] * shards)
+
+    def aggregate_rows(self, aggregates: int) -> str:
+        """The first pending rows of each of ``aggregates`` aggregates, in id order: one range of
+        the aggregate index each.  Parameters per aggregate: shard, type, id, type and id as
+        bytes (utf8mb4_bin pads "k" to "k "), limit."""
+        part = (
+            f"(SELECT {ROW_COLUMNS}, {_DUE} FROM `{self.table}`"
+            " WHERE shard = %s AND status = 'PENDING' AND aggregate_type = %s AND aggregate_id = %s"
+            " AND CAST(aggregate_type AS BINARY) = %s AND CAST(aggregate_id AS BINARY) = %s"
+            " ORDER BY id LIMIT %s)"
+        )
+        return " UNION ALL ".join([part] * aggregates)
 
     # --- the fenced finalize (one transaction, after lock_shards) -------------------------
 

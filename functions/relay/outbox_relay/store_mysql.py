@@ -346,13 +346,32 @@ class MySQLOutboxStore:
 
         return self.run(work, "load large rows")
 
-    def pending_keys_up_to(self, shard: int, max_id: int) -> set[AggregateKey]:
-        def work(conn: pymysql.connections.Connection[Any]) -> set[AggregateKey]:
-            with conn.cursor() as cur:
-                cur.execute(self.sql.pending_keys_up_to, (shard, max_id))
-                return {(decode(r[0]), decode(r[1])) for r in cur.fetchall()}
+    def read_due_heads(
+        self, shards: Sequence[int], limit: int, exclude: Mapping[int, Sequence[int]] | None = None
+    ) -> list[OutboxRecord]:
+        if not shards:
+            return []
+        in_flight = {i for ids in (exclude or {}).values() for i in ids}
 
-        return self.run(work, "read blocked aggregates")
+        def work(conn: pymysql.connections.Connection[Any]) -> list[OutboxRecord]:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.aggregate_heads(len(shards)), [v for s in shards for v in (s, limit)])
+                heads = [_record(r) for r in cur.fetchall()]
+                # An aggregate whose head is in flight is read again once that finalize is done.
+                due = [h for h in heads if h.due and h.id not in in_flight]
+                rows = [h for h in heads if not h.due]
+                if due:
+                    per = -(-limit // len(due))  # every due aggregate gets its share of the page
+                    params: list[int | str | bytes] = []
+                    for h in due:
+                        # The bytes read (any bytes: a key that is not UTF-8 must be found too).
+                        t, a = raw(h.aggregate_type), raw(h.aggregate_id)
+                        params += (h.shard, t, a, t, a, per)
+                    cur.execute(self.sql.aggregate_rows(len(due)), params)
+                    rows += [_record(r) for r in cur.fetchall()]
+            return sorted(rows, key=lambda r: (r.shard, r.id))
+
+        return self.run(work, "read due heads")
 
     def pending_stats(self) -> PendingStats:
         shards = self.shard_ids()
