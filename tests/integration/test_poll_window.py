@@ -84,3 +84,19 @@ def test_poll_window_p99_commit_to_kafka_is_under_a_second_for_a_steady_trickle(
         f"p99 {p99 * 1000:.0f} ms, max {delays[-1] * 1000:.0f} ms"
     )
     assert p99 < 1.0
+
+
+def test_a_poll_window_at_the_shard_limit_moves_round_the_outbox(
+    database: support.Database, topics: support.Topics, invoke: Any
+) -> None:
+    """Found by the simulation (tests/sim): with a shard limit and a poll window, a run that had
+    drained its shards polled them until its deadline while every other shard had a backlog."""
+    make_topics(topics, "order")
+    database.insert([support.Event("order", f"order-{n}", "Tick", b"{}") for n in range(64)])
+    shards = {s for (s,) in database.query("SELECT DISTINCT shard FROM outbox")}
+    assert len(shards) > 4
+    # A window longer than the invocation: it is cut to the deadline, and polls until then.
+    result = invoke({"poll_window_seconds": 60}, timeout=6.0, OUTBOX_MAX_SHARDS_PER_RUN="2")
+    assert result["ok"], result
+    assert result["published"] == 64, f"one 6 s run published {result['published']} of 64"
+    assert result["shards"] >= len(shards)

@@ -211,3 +211,22 @@ def test_an_open_finalize_transaction_does_not_block_application_inserts(databas
         app.close()
         relay_conn.rollback()
         store.close()
+
+
+def test_shards_stay_fenced_as_long_as_a_record_given_up_on_may_still_land(
+    database: support.Database, relay_env: dict[str, str]
+) -> None:
+    """Found by the simulation (tests/sim): with OUTBOX_LEASE_MARGIN_SECONDS shorter than Kafka's
+    request timeout, a record the broker still held was appended after another run had taken the
+    shards and sent its aggregate again: an older event's copy after a newer one's.  The grace
+    after a run in doubt (and the lease) is at least what the publisher says (doubt_seconds)."""
+    database.insert([support.Event("t", "A", "e", b"{}")])
+    publisher = ScriptedPublisher(lambda m: Delivery.DELIVERED)
+    publisher.in_doubt = True  # as after a wait the deadline cut short
+    publisher.doubt_seconds = 6.0  # type: ignore[attr-defined]
+    relay = make_relay(relay_env, publisher, lease_margin_seconds=1.0)
+    assert run(relay).published == 1
+    ((fenced,),) = database.query(
+        "SELECT MIN(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), lease_until)) / 1e6 FROM outbox_shard"
+    )
+    assert float(fenced) > 4.0, f"fenced for {float(fenced):.1f} s only"

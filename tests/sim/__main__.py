@@ -38,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     failed = 0
     kinds: Counter[str] = Counter()
-    rows = invocations = 0
+    rows = invocations = inversions = 0
     for report in _reports(seeds, args.jobs, args.mutation):
         seed = report.seed
         rows += report.rows
         invocations += report.invocations
+        inversions += report.epoch_bump_inversions
         if args.verbose:
             print(
                 f"seed {seed}: {report.rows} rows, {report.published} published, {report.dead} dead, "
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     count = len(seeds)
     print(
         f"{count} seeds, {failed} failed, {rows} rows, {invocations} invocations, {took:.1f} s"
+        + f"; first copies reordered by an epoch bump (documented): {inversions}"
         + (f"; failures by invariant: {dict(kinds)}" if kinds else "")
     )
     return 1 if failed else 0

@@ -75,6 +75,7 @@ class KafkaFaults:
     slow_ack: float = 0.0  # the answer takes seconds
     lost_ack: float = 0.0  # appended, but the answer never comes (the request times out)
     zombie: float = 0.0  # a force-closed sender still transmits what it had drained
+    slow_broker: float = 0.0  # a request is appended seconds after it was sent
 
 
 class Cluster:
@@ -86,6 +87,9 @@ class Cluster:
         self.quiet = False
         self.producers = 0
         self.event_ids: set[str] = set()  # every event id appended, for the checks
+        # (producer, event id) of records an epoch bump failed in flight: kafka-python then sends
+        # the batches behind them under the new epoch, so a later record may land first.
+        self.bumped: set[tuple[int, str]] = set()
         # The idempotence check: the next sequence number the broker expects per
         # (producer, epoch, topic, partition).
         self.expected: dict[tuple[int, int, str, int], int] = {}
@@ -160,6 +164,10 @@ class _Record:
     def size(self) -> int:
         return len(self.key) + len(self.value) + sum(len(k) + len(v) for k, v in self.headers) + 20
 
+    @property
+    def headers_id(self) -> str:
+        return dict(self.headers).get("id", b"").decode(errors="replace")
+
 
 @dataclass(eq=False)
 class _Batch:
@@ -227,6 +235,7 @@ class SimProducer:
         self._wakeup_scheduled = False
         self._next_seq: dict[tuple[int, str, int], int] = {}
         self._wire_at = 0.0  # one connection: the broker reads requests in the order they were sent
+        self._answer_at = 0.0  # ... and answers them in that order
         # Batches a force-closed sender thread was about to transmit when it was stopped: it
         # finishes that iteration when it next runs (after a thaw, if the process froze first).
         self._zombie: list[_Batch] | None = None
@@ -339,6 +348,11 @@ class SimProducer:
     def _transmit(self, batch: _Batch) -> None:
         world, cluster = self.world, self.cluster
         latency = world.rng.uniform(0.001, 0.01)
+        if cluster.noisy(cluster.faults.slow_broker):
+            # The broker is stuck (a disk stall, a leader moving): this request, and those behind
+            # it on the connection, are appended late, after the client may have given up on them.
+            # Within the request's own timeout (what the relay's in-doubt grace is sized on).
+            latency = world.rng.uniform(0.5, self.config["request_timeout_ms"] / 1000)
         self._wire_at = max(world.now + latency, self._wire_at + 1e-6)
         request_timeout = self.config["request_timeout_ms"] / 1000
         answered = {"done": False}
@@ -358,7 +372,9 @@ class SimProducer:
             delay = world.rng.uniform(0.001, 0.01)
             if cluster.noisy(cluster.faults.slow_ack):
                 delay = world.rng.uniform(0.5, 2 * request_timeout)
-            world.at(world.now + delay, lambda: answer(outcome), self.process)
+            # One connection: answers come back in the order the requests went out.
+            self._answer_at = max(world.now + delay, self._answer_at + 1e-6)
+            world.at(self._answer_at, lambda: answer(outcome), self.process)
 
         def answer(outcome: str | BaseException | None) -> None:
             if answered["done"] or not self._sender.alive:
@@ -428,10 +444,10 @@ class SimProducer:
         ):
             # KIP-360: bump the epoch; every batch in flight now fails (some may land anyway).
             self._epoch += 1
-            self._complete(batch, outcome)
-            for other in list(self._batches):
-                if other.state == "inflight":
-                    self._complete(other, outcome)
+            lost = [batch] + [b for b in self._batches if b is not batch and b.state == "inflight"]
+            for other in lost:
+                self.cluster.bumped.update((self.id, r.headers_id) for r in other.records)
+                self._complete(other, outcome)
             self._wakeup(0.01)
         elif getattr(outcome, "retriable", False):
             self._complete(batch, outcome)  # retries exhausted: failed, no state change
@@ -475,7 +491,7 @@ class SimProducer:
         if not self._sender.alive:
             return
         queued = [b for b in self._batches if b.state == "queued"]
-        if queued and self._wakeup_scheduled and self.cluster.noisy(self.cluster.faults.zombie):
+        if queued and self.cluster.noisy(self.cluster.faults.zombie):
             # The thread was inside run_once: it still sends what it drained, then stops.
             self._zombie = queued
             self.world.at(

@@ -258,3 +258,36 @@ def test_no_letter_is_sent_twice_and_dead_only_after_it_landed(data: st.DataObje
 
 def _held(dispatch: DeadLetterDispatch) -> set[int]:
     return set(dispatch._abandoned)  # which ids the dispatch will not send
+
+
+def test_a_letter_acknowledged_whose_dead_mark_failed_is_not_sent_again() -> None:
+    """Found by the simulation (tests/sim): the queue acknowledged a letter, the finalize that
+    marks its row DEAD failed with the database, the row came back in the next run of the warm
+    process: answered as acknowledged, with no second letter.  Once the memory has passed, a row
+    that comes back (redriven, failed again) gets a letter of its own."""
+    calls: list[list[int]] = []
+
+    class Sink:
+        def send(
+            self, letters: Sequence[DeadLetter], acknowledged: Acknowledged | None = None
+        ) -> list[str | None]:
+            calls.append([x.record.id for x in letters])
+            return [None] * len(letters)
+
+    class Clock:
+        now = 100.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+        def sleep(self, seconds: float) -> None:
+            self.now += seconds
+
+    clock = Clock()
+    dispatch = DeadLetterDispatch(Sink(), runner=lambda seconds, call: call())
+    assert dispatch.send([letter(1), letter(2)], clock, clock.now + 30) == [None, None]
+    assert dispatch.send([letter(2), letter(3)], clock, clock.now + 30) == [None, None]
+    assert calls == [[1, 2], [3]], "row 2's letter was acknowledged: it is not sent twice"
+    clock.now += dead_letters.LANDED_MEMORY_SECONDS + 1
+    assert dispatch.send([letter(2)], clock, clock.now + 30) == [None]
+    assert calls[-1] == [2]

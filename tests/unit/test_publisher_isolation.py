@@ -233,3 +233,24 @@ def test_isolation_sends_block_for_metadata_no_longer_than_the_time_left() -> No
         for block_ms, at in producer.block_ms_seen:
             assert block_ms <= max(1, (deadline - at) * 1000 + 1), (block_ms, deadline - at)
     assert clock.now <= deadline
+
+
+def test_later_records_of_an_aggregate_whose_record_failed_before_sending_are_not_sent() -> None:
+    """Found by the simulation (tests/sim): an aggregate's head waits for its missing topic (known,
+    so it fails before it is sent) while a later event of the aggregate names a topic of its own;
+    sending that one anyway (it cannot be marked published) put a copy of an older event after a
+    newer one's in Kafka, run after run.  The aggregate is the (aggregate_type, key) pair."""
+    broker = Broker(FakeClock())
+    pub = publisher(broker)
+
+    def event(n: int, topic: str, key: str, aggregate_type: str) -> Message:
+        return Message(n, topic, key.encode(), b"{}", [("aggregate_type", aggregate_type.encode())])
+
+    pub._topic_unavailable("missing", "topic 'missing' does not exist")  # remembered down
+    batch = [
+        event(1, "missing", "A", "order"),
+        event(2, "own.topic", "A", "order"),  # same aggregate, its own topic
+        event(3, "own.topic", "A", "user"),  # another aggregate with the same key
+    ]
+    assert publish(pub, batch) == [Delivery.TOPIC_UNAVAILABLE, Delivery.NOT_SENT, Delivery.DELIVERED]
+    assert [v for _, _, v in broker.log] == [b"{}"] and len(broker.log) == 1

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TypeAlias, TypeVar
@@ -45,6 +46,10 @@ DEAD_LETTER_PAUSE_SECONDS = 45.0
 MIN_SEND_SECONDS = 1.0
 # Letters acknowledged by an abandoned call whose rows have not come back (another process
 # finalized them, say) are forgotten past this many, oldest first: memory stays bounded.
+# A letter the queue acknowledged is not sent again for this long by this process (its row's DEAD
+# mark failed with the database; the next runs mark it without a second letter).  Short: a row an
+# operator redrives and that fails again later gets a letter of its own.
+LANDED_MEMORY_SECONDS = 600.0
 MAX_REMEMBERED = 10_000
 STILL_SENDING = "still being sent by a call abandoned at an earlier deadline"
 
@@ -82,14 +87,21 @@ class DeadLetterDispatch:
         # landed it and the row has not come back yet).  Guarded: calls finish in their threads.
         self._lock = threading.Lock()
         self._abandoned: dict[int, _Call] = {}
+        # Outbox id -> until when: letters the queue acknowledged, whose rows the relay was told
+        # may become DEAD.  If that finalize fails, the row comes back: it is not sent twice.
+        self._acknowledged: OrderedDict[int, float] = OrderedDict()
 
     def send(self, letters: Sequence[DeadLetter], clock: Clock, deadline: float) -> list[str | None]:
         """The sink's answer per letter, waited for until ``deadline`` (monotonic seconds) at most."""
         answers: list[str | None] = [None] * len(letters)
-        todo = [i for i, letter in enumerate(letters) if not self._settled(letter.record.id, answers, i)]
+        now = clock.monotonic()
+        todo = [
+            i
+            for i, letter in enumerate(letters)
+            if not self._settled(letter.record.id, answers, i) and not self._landed(letter.record.id, now)
+        ]
         if not todo:
             return answers
-        now = clock.monotonic()
         if self.down is not None and now < self.retry_at:
             return self._fill(answers, todo, f"paused after: {self.down}")
         seconds = deadline - now
@@ -109,11 +121,25 @@ class DeadLetterDispatch:
             results = [None if ack is None else down for ack in exc.results]
         for i, result in zip(todo, results, strict=True):
             answers[i] = result
+            if result is None:
+                self._remember_landed(letters[i].record.id, clock.monotonic())
         self.down = down
         if down is not None:
             self.retry_at = clock.monotonic() + self.pause_seconds
             log.warning("dead-letter queue unavailable", extra={"error": down, "letters": len(batch)})
         return answers
+
+    def _landed(self, record_id: int, now: float) -> bool:
+        """Did the queue acknowledge this row's letter a moment ago?  Then the row's DEAD mark is
+        what failed (a database error in the finalize), not the letter: it is not sent again."""
+        until = self._acknowledged.get(record_id)
+        return until is not None and now < until
+
+    def _remember_landed(self, record_id: int, now: float) -> None:
+        self._acknowledged[record_id] = now + LANDED_MEMORY_SECONDS
+        self._acknowledged.move_to_end(record_id)
+        while len(self._acknowledged) > MAX_REMEMBERED:
+            self._acknowledged.popitem(last=False)
 
     def abandoned(self) -> int:
         """How many letters abandoned calls hold (still running, or acknowledged and not yet

@@ -30,7 +30,7 @@ ISOLATION_SENDS = 40
 # Isolation sends nothing with less time left than this (connecting alone needs 0.1 s).
 MIN_ISOLATION_SECONDS = 0.2
 
-Key = tuple[str, bytes]
+Key = tuple[bytes, bytes]  # (aggregate_type, aggregate_id) as sent
 Results = list[SendResult | None]
 
 
@@ -64,7 +64,7 @@ def isolate(
     deadline: float,
 ) -> int:
     """Settle the records of ``failed`` (index → exception); returns the group sends made."""
-    key = [(m.topic, m.key) for m in messages]
+    key = [aggregate_of(m) for m in messages]
     # The first record of each key that is not delivered: later ones of the key wait.
     stop: dict[Key, int] = {}
 
@@ -184,11 +184,17 @@ def after_isolation(messages: Sequence[Message], results: Results, isolated: lis
     """
     first: dict[Key, int] = {}
     for index in sorted(isolated):
-        first.setdefault((messages[index].topic, messages[index].key), index)
+        first.setdefault(aggregate_of(messages[index]), index)
     done = set(isolated)
     for index, message in enumerate(messages):
-        start = first.get((message.topic, message.key))
+        start = first.get(aggregate_of(message))
         if start is not None and index > start and index not in done:
             result = results[index]
             if result is not None and result.delivery is Delivery.DELIVERED:
                 results[index] = SendResult(Delivery.NOT_SENT)
+
+
+def aggregate_of(message: Message) -> tuple[bytes, bytes]:
+    """The record's aggregate (its ``aggregate_type`` header and its key): the unit of order,
+    whatever topic each of its records goes to (a row may name its own topic)."""
+    return (dict(message.headers).get("aggregate_type", b""), message.key)

@@ -125,7 +125,9 @@ class Publisher(Protocol):
 
     @property
     def in_doubt(self) -> bool:
-        """True when records may still reach the broker after ``publish`` returned (timed out)."""
+        """True when records may still reach the broker after ``publish`` returned (timed out).
+        A publisher may also say for how long (``doubt_seconds``, a float attribute): the run
+        then keeps its shards from others at least that long."""
         ...
 
     def close(self) -> None: ...

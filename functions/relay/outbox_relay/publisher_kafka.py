@@ -53,7 +53,7 @@ from kafka import errors as kafka_errors
 
 from . import produce_errors as pe
 from .config import KafkaSettings
-from .isolation import after_isolation, isolate
+from .isolation import after_isolation, aggregate_of, isolate
 from .model import CONTENT_ERRORS, Delivery, Message, SendResult
 from .ports import Clock, CredentialsUnavailable, InFlight, Settled, SystemClock
 
@@ -129,6 +129,12 @@ class KafkaPublisher:
     @property
     def in_doubt(self) -> bool:
         return self._in_doubt or bool(self._stopping)
+
+    @property
+    def doubt_seconds(self) -> float:
+        """How long a record given up on may still be appended: a produce request the broker
+        has is answered (or given up) within ``request_timeout_ms``."""
+        return self.settings.request_timeout_ms / 1000
 
     def new_run(self) -> None:
         now = self._clock.monotonic()
@@ -227,9 +233,19 @@ class KafkaPublisher:
         results: list[SendResult | None] = [None] * len(messages)
         futures: list[Sent] = []
         outage: str | None = None
+        # Aggregates one of whose records failed before it was sent: their later records are not
+        # sent either (they could not be marked published, and a copy sent now would land after
+        # the copies of later events a previous attempt delivered: a compacting consumer would
+        # keep the older state).
+        stopped: set[tuple[bytes, bytes]] = set()
         for index, message in enumerate(messages):
+            if index and results[index - 1] is not None:
+                stopped.add(aggregate_of(messages[index - 1]))
             if outage is not None:
                 results[index] = SendResult(Delivery.UNAVAILABLE, outage)
+                continue
+            if aggregate_of(message) in stopped:
+                results[index] = SendResult(Delivery.NOT_SENT)
                 continue
             known = self.known(message)
             if known is not None:

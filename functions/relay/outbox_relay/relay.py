@@ -145,8 +145,20 @@ class Relay:
         return summary
 
     def _lease_seconds(self, deadline: float) -> float:
-        # The lease outlives the invocation: when it expires the holder is gone, not paused.
-        return max(0.0, deadline - self.clock.monotonic()) + self.settings.lease_margin_seconds
+        # The lease outlives the invocation: when it expires the holder is gone, not paused, and
+        # what it had on the wire has landed (a killed run releases nothing).
+        return max(0.0, deadline - self.clock.monotonic()) + self._margin()
+
+    def _grace(self, run: _Run) -> float:
+        """How long shards given back stay unclaimable: while records sent from them may still
+        land (the run is in doubt), none of their rows may be sent again by another run."""
+        return self._margin() if run.in_doubt else 0.0
+
+    def _margin(self) -> float:
+        """How long after a run others stay away from its shards: the configured margin, and at
+        least as long as the publisher says a record given up on may still be appended."""
+        doubt = float(getattr(self.publisher, "doubt_seconds", 0.0))
+        return max(self.settings.lease_margin_seconds, doubt)
 
     def _relay(self, summary: Summary, deadline: float) -> None:
         """Lease free shards (up to ``max_shards_per_run`` at a time) and drain them pass by pass.
@@ -235,9 +247,8 @@ class Relay:
             return
         # After a timed-out flush or a failed run, sends may still land: keep others out for the
         # margin.  An acquire whose outcome is unknown releases whatever the token holds.
-        grace = self.settings.lease_margin_seconds if run.in_doubt else 0.0
         try:
-            self.store.release(run.token, None if run.acquire_failed else run.owned, grace)
+            self.store.release(run.token, None if run.acquire_failed else run.owned, self._grace(run))
         except StoreUnavailable:
             log.warning("could not release shards; their leases expire on their own")
 
@@ -270,6 +281,17 @@ class Relay:
         limit = self.settings.max_shards_per_run
         if run.poll_until is not None and now < run.poll_until:
             # Poll window: keep the shards, look for free ones now and then, re-read after a nap.
+            if limit and len(run.owned) >= limit:
+                # At the shard limit with every shard idle: go round the outbox (the shards not
+                # polled this round, at once), or these would be polled until the deadline while
+                # others have a backlog.  A round done, the next starts after the nap.
+                self.store.release(run.token, run.owned, self._grace(run))
+                run.done.update(run.owned)
+                run.owned = []
+                if self._acquire(run, summary, limit, run.done):
+                    return True
+                run.done.clear()
+                self._acquire(run, summary, limit, set())
             if now >= run.next_acquire and not (limit and len(run.owned) >= limit):
                 more = self._acquire(run, summary, limit - len(run.owned) if limit else 0, set(run.owned))
                 run.next_acquire = now + (
@@ -281,7 +303,7 @@ class Relay:
             run.sweeps = {shard: ShardSweep() for shard in run.owned}
             return True
         if run.owned:
-            self.store.release(run.token, run.owned, 0.0)
+            self.store.release(run.token, run.owned, self._grace(run))
             run.done.update(run.owned)
             run.owned = []
         return bool(self._acquire(run, summary, limit, run.done))
