@@ -152,10 +152,8 @@ def test_a_dead_letter_send_is_cut_at_the_run_deadline(
     assert "no answer within" in row["last_error"] and "the run's deadline" in row["last_error"]
 
 
-def test_a_stalled_secrets_manager_is_one_line_within_the_deadline(
-    database: support.Database, invoke: Any, proxy: support.DelayProxy
-) -> None:
-    database.insert(support.backlog(6, 2))
+def _secret_behind(proxy: support.DelayProxy) -> tuple[str, dict[str, str]]:
+    """A database secret in moto, and the environment that reads it through ``proxy``."""
     sm = boto3.client("secretsmanager", endpoint_url=support.MOTO)
     arn = sm.create_secret(
         Name=f"db-{uuid.uuid4().hex[:8]}",
@@ -166,6 +164,14 @@ def test_a_stalled_secrets_manager_is_one_line_within_the_deadline(
         "OUTBOX_DB_SECRET_ARN": arn,
         "AWS_ENDPOINT_URL_SECRETS_MANAGER": proxy.url,
     }
+    return arn, env
+
+
+def test_a_stalled_secrets_manager_is_one_line_within_the_deadline(
+    database: support.Database, invoke: Any, proxy: support.DelayProxy
+) -> None:
+    database.insert(support.backlog(6, 2))
+    arn, env = _secret_behind(proxy)
 
     result, seconds = _timed(invoke, 10, **env)
 
@@ -187,16 +193,7 @@ def test_a_stalled_secret_read_ends_with_the_runs_deadline_not_the_clients_bound
     """The client's own bounds (two tries, ~7 s; twice that with the refetch after an access
     denied) outlast a 3 s invocation: the read is waited for until the deadline only."""
     assert aws_clients.SECRETS_MANAGER.worst_case_seconds() > 3
-    sm = boto3.client("secretsmanager", endpoint_url=support.MOTO)
-    arn = sm.create_secret(
-        Name=f"db-{uuid.uuid4().hex[:8]}",
-        SecretString=json.dumps({"username": support.DB_USER, "password": support.DB_PASSWORD}),
-    )["ARN"]
-    env = {
-        "OUTBOX_DB_PASSWORD": "",
-        "OUTBOX_DB_SECRET_ARN": arn,
-        "AWS_ENDPOINT_URL_SECRETS_MANAGER": proxy.url,
-    }
+    arn, env = _secret_behind(proxy)
 
     result, seconds = _timed(invoke, 3, **env)
 

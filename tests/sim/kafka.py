@@ -61,6 +61,7 @@ class Appended:
     headers: tuple[tuple[str, bytes], ...]
     producer: int
     at: float
+    sent_at: float  # when its request went on the wire
 
     @property
     def event_id(self) -> str:
@@ -90,6 +91,9 @@ class Cluster:
         # (producer, event id) of records an epoch bump failed in flight: kafka-python then sends
         # the batches behind them under the new epoch, so a later record may land first.
         self.bumped: set[tuple[int, str]] = set()
+        # Each producer's process, and when it was force-closed (its connection dropped).
+        self.process_of: dict[int, str] = {}
+        self.closed_at: dict[int, float] = {}
         # The idempotence check: the next sequence number the broker expects per
         # (producer, epoch, topic, partition).
         self.expected: dict[tuple[int, int, str, int], int] = {}
@@ -105,7 +109,7 @@ class Cluster:
         log = self.logs.setdefault((batch.topic, batch.partition), [])
         for record in batch.records:
             appended = Appended(
-                batch.topic, record.key, record.value, record.headers, producer, self.world.now
+                batch.topic, record.key, record.value, record.headers, producer, self.world.now, batch.sent_at
             )
             log.append(appended)
             self.event_ids.add(appended.event_id)
@@ -180,6 +184,7 @@ class _Batch:
     attempts: int = 0
     done: SimFuture | None = None
     seq: int | None = None  # its sequence number in (partition, epoch), given when first drained
+    sent_at: float = 0.0
 
     @property
     def size(self) -> int:
@@ -224,6 +229,7 @@ class SimProducer:
         self.config: dict[str, Any] = dict(config)
         cluster.producers += 1
         self.id = cluster.producers
+        cluster.process_of[self.id] = process.name
         self._metadata = _Metadata()
         self._sender = _Sender(self)
         self._known: set[str] = set()
@@ -347,6 +353,7 @@ class SimProducer:
 
     def _transmit(self, batch: _Batch) -> None:
         world, cluster = self.world, self.cluster
+        batch.sent_at = world.now
         latency = world.rng.uniform(0.001, 0.01)
         if cluster.noisy(cluster.faults.slow_broker):
             # The broker is stuck (a disk stall, a leader moving): this request, and those behind
@@ -501,10 +508,12 @@ class SimProducer:
         for batch in list(self._batches):
             self._complete(batch, error)
         self._sender.alive = False
+        self.cluster.closed_at.setdefault(self.id, self.world.now)
 
     def _zombie_run(self) -> None:
         batches, self._zombie = self._zombie or [], None
         for batch in batches:
+            batch.sent_at = self.world.now  # sent after the close: no excuse for landing late
             slot = (self._epoch, batch.topic, batch.partition)
             batch.epoch, batch.seq = self._epoch, self._next_seq.get(slot, 0)
             self._next_seq[slot] = batch.seq + 1

@@ -19,7 +19,7 @@ SEEDS = int(os.environ.get("SIM_SEEDS", "120"))
 CAUGHT = {
     "published_without_ack": ("published_without_record", 10),
     "bystanders_blamed": ("delayed_for_another", 40),
-    "sender_not_joined": ("last_copy_order", 150),
+    "sender_not_joined": ("last_copy_order", 60),
 }
 
 
