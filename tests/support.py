@@ -244,7 +244,8 @@ class DelayProxy:
         self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self._closed = False
         self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -283,7 +284,13 @@ class DelayProxy:
 
     def close(self) -> None:
         self._closed = True
+        # Shut the listener down before closing it: a close alone leaves the thread in accept()
+        # holding the port (LISTEN) until a connection arrives, and the next proxy on that port
+        # fails with "Address already in use".
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
         self._server.close()
+        self._acceptor.join(timeout=5)
         for s in self._sockets:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
