@@ -90,10 +90,11 @@ class Cluster:
         self.event_ids: set[str] = set()  # every event id appended, for the checks
         # (producer, event id) of records an epoch bump failed in flight: kafka-python then sends
         # the batches behind them under the new epoch, so a later record may land first.
-        self.bumped: set[tuple[int, str]] = set()
+        self.bumped: dict[tuple[int, str], float] = {}  # -> when
         # Each producer's process, and when it was force-closed (its connection dropped).
         self.process_of: dict[int, str] = {}
         self.closed_at: dict[int, float] = {}
+        self.run_of: dict[int, tuple[str, int]] = {}  # producer -> (process, invocation)
         # The idempotence check: the next sequence number the broker expects per
         # (producer, epoch, topic, partition).
         self.expected: dict[tuple[int, int, str, int], int] = {}
@@ -230,6 +231,7 @@ class SimProducer:
         cluster.producers += 1
         self.id = cluster.producers
         cluster.process_of[self.id] = process.name
+        cluster.run_of[self.id] = (process.name, process.runs)
         self._metadata = _Metadata()
         self._sender = _Sender(self)
         self._known: set[str] = set()
@@ -453,7 +455,9 @@ class SimProducer:
             self._epoch += 1
             lost = [batch] + [b for b in self._batches if b is not batch and b.state == "inflight"]
             for other in lost:
-                self.cluster.bumped.update((self.id, r.headers_id) for r in other.records)
+                self.cluster.bumped.update(
+                    dict.fromkeys(((self.id, r.headers_id) for r in other.records), self.world.now)
+                )
                 self._complete(other, outcome)
             self._wakeup(0.01)
         elif getattr(outcome, "retriable", False):

@@ -373,6 +373,7 @@ class Sim:
         self.report.invocations += 1
 
         world.thaw(env.process)
+        env.process.runs += 1  # producers made from now on belong to this invocation
 
         def body() -> None:
             env.store.deadline = deadline
@@ -488,7 +489,7 @@ class Sim:
         # first copies and last copies in outbox id order.
         for (topic, _), log in sorted(self.cluster.logs.items()):
             per_key: dict[tuple[bytes, bytes], list[int]] = {}
-            producer_of: dict[int, int] = {}  # row -> the producer of its first copy
+            producer_of: dict[int, Appended] = {}  # row -> its first copy
             last_of: dict[int, Appended] = {}  # row -> its last copy
             for record in log:
                 row = by_event.get(record.event_id.encode())
@@ -496,7 +497,7 @@ class Sim:
                     self.violation("unknown_record", f"{topic}: event {record.event_id} is no outbox row")
                     continue
                 per_key.setdefault(row.key, []).append(row.id)
-                producer_of.setdefault(row.id, record.producer)
+                producer_of.setdefault(row.id, record)
                 last_of[row.id] = record
             for key, ids in per_key.items():
                 first = list(dict.fromkeys(ids))
@@ -546,7 +547,7 @@ class Sim:
                     )
 
     def _first_copy_inversion(
-        self, first: list[int], producer_of: dict[int, int], rows: dict[int, Row]
+        self, first: list[int], producer_of: dict[int, Appended], rows: dict[int, Row]
     ) -> str | None:
         """The first pair of rows whose first copies are out of order, unless kafka-python's epoch
         bump explains it (the documented exception, counted in the report): the overtaken row's
@@ -557,7 +558,8 @@ class Sim:
                 if earlier > later:
                     continue
                 event = rows[earlier].event_id.decode(errors="replace")
-                if (producer_of[later], event) in self.cluster.bumped:
+                bumped = self.cluster.bumped.get((producer_of[later].producer, event))
+                if bumped is not None and producer_of[later].sent_at >= bumped:  # sent after the bump
                     self.report.epoch_bump_inversions += 1
                     continue
                 return f"row {earlier} after row {later}"
@@ -579,7 +581,9 @@ class Sim:
                 if (
                     closed is not None
                     and late.sent_at < closed <= late.at
-                    and cluster.process_of[late.producer] == cluster.process_of[ahead.producer]
+                    and ahead.producer != late.producer
+                    and ahead.sent_at >= closed  # re-sent after the close ...
+                    and cluster.run_of[late.producer] == cluster.run_of[ahead.producer]  # ... by that run
                 ):
                     self.report.dead_connection_landings += 1
                     continue

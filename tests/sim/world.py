@@ -38,6 +38,7 @@ class Process:
     frozen_until: float = 0.0
     killed: bool = False
     parked: list[_Entry] = field(default_factory=list)  # what came due while it was frozen
+    runs: int = 0  # invocations started in it
 
 
 @dataclass(eq=False)

@@ -291,3 +291,8 @@ def test_a_letter_acknowledged_whose_dead_mark_failed_is_not_sent_again() -> Non
     clock.now += dead_letters.LANDED_MEMORY_SECONDS + 1
     assert dispatch.send([letter(2)], clock, clock.now + 30) == [None]
     assert calls[-1] == [2]
+    # Once the row's DEAD mark committed, it is forgotten at once: redriven and failed again
+    # (the queue's letter deleted by the redrive), it gets a letter of its own.
+    dispatch.forget([2])
+    assert dispatch.send([letter(2)], clock, clock.now + 30) == [None]
+    assert calls[-1] == [2] and len(calls) == 4

@@ -44,12 +44,12 @@ DEAD_LETTER_PAUSE_SECONDS = 45.0
 # A send is not started with less time than this left (the SQS client is built on the first
 # letter, and one request takes a round trip): running out of time is not an outage to pause for.
 MIN_SEND_SECONDS = 1.0
+# A letter the queue acknowledged is not sent again for this long by this process (its row's DEAD
+# mark failed with the database; the next runs mark it without a second letter).  Forgotten as
+# soon as the DEAD mark commits: a row an operator redrives later gets a letter of its own.
+LANDED_MEMORY_SECONDS = 600.0
 # Letters acknowledged by an abandoned call whose rows have not come back (another process
 # finalized them, say) are forgotten past this many, oldest first: memory stays bounded.
-# A letter the queue acknowledged is not sent again for this long by this process (its row's DEAD
-# mark failed with the database; the next runs mark it without a second letter).  Short: a row an
-# operator redrives and that fails again later gets a letter of its own.
-LANDED_MEMORY_SECONDS = 600.0
 MAX_REMEMBERED = 10_000
 STILL_SENDING = "still being sent by a call abandoned at an earlier deadline"
 
@@ -140,6 +140,12 @@ class DeadLetterDispatch:
         self._acknowledged.move_to_end(record_id)
         while len(self._acknowledged) > MAX_REMEMBERED:
             self._acknowledged.popitem(last=False)
+
+    def forget(self, record_ids: Sequence[int]) -> None:
+        """These rows' DEAD marks committed: a row that comes back later (an operator redrove it
+        and it failed again) needs a letter of its own."""
+        for record_id in record_ids:
+            self._acknowledged.pop(record_id, None)
 
     def abandoned(self) -> int:
         """How many letters abandoned calls hold (still running, or acknowledged and not yet

@@ -302,6 +302,8 @@ class KafkaPublisher:
                 self._discard(deadline)
                 raise
             futures.append((index, future, bool(future.is_done)))
+            if future.is_done and future.exception is not None:  # failed inside send()
+                stopped.add(aggregate_of(message))
         if outage is not None:
             sent = {i for i, _, _ in futures}
             for index in range(len(messages)):

@@ -67,6 +67,7 @@ class _Run:
     work_deadline: float
     owned: list[int] = field(default_factory=list)
     done: set[int] = field(default_factory=set)
+    counted: set[int] = field(default_factory=set)  # every shard leased in this run
     sweeps: dict[int, ShardSweep] = field(default_factory=dict)
     in_doubt: bool = False
     poll_until: float | None = None
@@ -163,7 +164,7 @@ class Relay:
     def _relay(self, summary: Summary, deadline: float) -> None:
         """Lease free shards (up to ``max_shards_per_run`` at a time) and drain them pass by pass.
         Then either keep polling them (the poll window) or give them back and take the next
-        free ones, each shard at most once per run.
+        free ones (each shard once per round of the outbox).
 
         Passes are pipelined: while batch N is finalized in the database (on the finalize
         store's own connection), batch N+1 is read and handed to Kafka."""
@@ -265,6 +266,8 @@ class Relay:
             return set()
         step, result = joined
         if result is not None:
+            # Committed: the rows marked DEAD no longer need the dispatch to remember their letters.
+            self.dead_letters.forget([record_id for record_id, _ in step.plan.dead])
             summary.published += result.published
             summary.retried += result.retried
             summary.dead_lettered += result.dead
@@ -281,10 +284,12 @@ class Relay:
         limit = self.settings.max_shards_per_run
         if run.poll_until is not None and now < run.poll_until:
             # Poll window: keep the shards, look for free ones now and then, re-read after a nap.
-            if limit and len(run.owned) >= limit:
+            if limit and len(run.owned) >= limit and not run.in_doubt:
                 # At the shard limit with every shard idle: go round the outbox (the shards not
                 # polled this round, at once), or these would be polled until the deadline while
-                # others have a backlog.  A round done, the next starts after the nap.
+                # others have a backlog.  A round done, the next starts after the nap (one
+                # release and two acquires per nap when other runs hold the rest).  Not while
+                # in doubt: shards given back then are fenced for the grace.
                 self.store.release(run.token, run.owned, self._grace(run))
                 run.done.update(run.owned)
                 run.owned = []
@@ -321,7 +326,8 @@ class Relay:
         more = sorted(set(held) - set(run.owned))
         run.owned = sorted(set(run.owned) | set(held))
         run.sweeps.update({shard: ShardSweep() for shard in more})
-        summary.shards += len(more)
+        summary.shards += len(set(more) - run.counted)  # distinct shards, however often leased
+        run.counted.update(more)
         if more:
             log.info("shards leased", extra={"shards": more, "owner": self.owner})
         return more
