@@ -21,6 +21,7 @@ from outbox_relay import dead_letters
 from outbox_relay.dead_letters import STILL_SENDING, DeadLetterDispatch
 from outbox_relay.model import DeadLetter, OutboxRecord
 from outbox_relay.ports import Acknowledged, DeadLetterQueueDown
+from tests.unit.kafka_fake import FakeClock
 
 
 def letter(n: int) -> DeadLetter:
@@ -274,16 +275,7 @@ def test_a_letter_acknowledged_whose_dead_mark_failed_is_not_sent_again() -> Non
             calls.append([x.record.id for x in letters])
             return [None] * len(letters)
 
-    class Clock:
-        now = 100.0
-
-        def monotonic(self) -> float:
-            return self.now
-
-        def sleep(self, seconds: float) -> None:
-            self.now += seconds
-
-    clock = Clock()
+    clock = FakeClock()
     dispatch = DeadLetterDispatch(Sink(), runner=lambda seconds, call: call())
     assert dispatch.send([letter(1), letter(2)], clock, clock.now + 30) == [None, None]
     assert dispatch.send([letter(2), letter(3)], clock, clock.now + 30) == [None, None]

@@ -26,6 +26,7 @@ from outbox_relay.shard_sweep import (
     advance,
     starved,
 )
+from tests.unit.kafka_fake import FakeClock
 
 SETTINGS = RelaySettings()
 
@@ -207,17 +208,6 @@ def test_an_unloaded_row_is_not_judged_on_its_topic_before_its_body_is_loaded() 
 
 
 # --- the dead-letter queue ------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Sink:

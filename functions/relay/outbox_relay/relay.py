@@ -290,9 +290,7 @@ class Relay:
                 # others have a backlog.  A round done, the next starts after the nap (one
                 # release and two acquires per nap when other runs hold the rest).  Not while
                 # in doubt: shards given back then are fenced for the grace.
-                self.store.release(run.token, run.owned, self._grace(run))
-                run.done.update(run.owned)
-                run.owned = []
+                self._give_back(run)
                 if self._acquire(run, summary, limit, run.done):
                     return True
                 run.done.clear()
@@ -307,11 +305,15 @@ class Relay:
             self.clock.sleep(min(self.settings.poll_interval_seconds, run.poll_until - now))
             run.sweeps = {shard: ShardSweep() for shard in run.owned}
             return True
+        self._give_back(run)
+        return bool(self._acquire(run, summary, limit, run.done))
+
+    def _give_back(self, run: _Run) -> None:
+        """Release the shards held (with the grace, in doubt); they count as done this round."""
         if run.owned:
             self.store.release(run.token, run.owned, self._grace(run))
             run.done.update(run.owned)
             run.owned = []
-        return bool(self._acquire(run, summary, limit, run.done))
 
     def _acquire(self, run: _Run, summary: Summary, limit: int, exclude: set[int]) -> list[int]:
         """Lease more shards; returns the new ones.  ``run.owned`` stays the exact list the token
