@@ -21,6 +21,7 @@ from kafka.admin import (
 )
 from kafka.producer.record_accumulator import IncompleteProducerBatches
 
+from outbox_relay import produce_errors
 from outbox_relay.config import load_config
 from outbox_relay.kafka_tools import ensure_topics, read_topics
 from outbox_relay.model import Delivery, Message
@@ -96,7 +97,11 @@ def test_a_write_denied_topic_costs_only_its_rows_in_this_run_and_the_next(
 
 
 def test_a_record_over_the_topics_limit_is_dead_lettered_alone_and_the_rest_delivered_in_order(
-    database: support.Database, topics: support.Topics, dlq: support.Queue, invoke: Any
+    database: support.Database,
+    topics: support.Topics,
+    dlq: support.Queue,
+    invoke: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     make_topics(topics, "order", **{"max.message.bytes": "4000"})
     events = support.backlog(300, 20, size=200)
@@ -105,8 +110,21 @@ def test_a_record_over_the_topics_limit_is_dead_lettered_alone_and_the_rest_deli
         big.aggregate_type, big.aggregate_id, "e", b'{"pad": "' + b"x" * 9000 + b'"}', big.seq
     )
     database.insert(events)
+    # The dead producer is stopped once kafka-python's own count of requests on the wire is 0
+    # (read through its real attributes: no fallback that would skip the wait).
+    waits: list[tuple[bool, int]] = []
+    await_answers = produce_errors.await_answers
+
+    def counted(producer: Any, clock: Any, deadline: float) -> bool:
+        in_flight = producer._sender._client.in_flight_request_count
+        quiet = await_answers(producer, clock, deadline)
+        waits.append((quiet, in_flight()))
+        return quiet
+
+    monkeypatch.setattr(produce_errors, "await_answers", counted)
 
     summary = invoke()
+    assert waits and all(quiet and left == 0 for quiet, left in waits), waits
     assert summary["dead_lettered"] == 1 and summary["published"] == 299, summary
     (letter,) = dlq.messages()
     assert "MessageSizeTooLarge" in letter["reason"] or "RecordTooLarge" in letter["reason"], letter

@@ -41,6 +41,19 @@ from kafka import errors as kafka_errors
 from .world import Process, World
 
 PARTITIONS = 3
+# A record whose value holds this is refused by the broker's own validation (as a broker with
+# schema validation answers INVALID_RECORD): poison the relay cannot see before sending.
+REFUSED = b"broker-refuses"
+# A record whose value holds this makes the broker fail the request with UNKNOWN_SERVER_ERROR
+# (a broker-side plugin or a bug tripping on that one record): not retriable, so fatal.
+BREAKS = b"broker-breaks"
+# Refusals that are the record's own fault.
+_OWN_FAULT = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.InvalidRecordError,
+    kafka_errors.CorruptRecordError,
+    kafka_errors.UnknownError,
+)
 BATCH_OVERHEAD = 70  # bytes of a record batch's header, roughly as kafka-python sizes them
 
 
@@ -77,6 +90,9 @@ class KafkaFaults:
     lost_ack: float = 0.0  # appended, but the answer never comes (the request times out)
     zombie: float = 0.0  # a force-closed sender still transmits what it had drained
     slow_broker: float = 0.0  # a request is appended seconds after it was sent
+    # One partition without a leader for a while (a broker restarted by patching, a leader
+    # election): (topic, partition, from, to); its requests are answered NotLeaderForPartition.
+    partition_outages: list[tuple[str, int, float, float]] = field(default_factory=list)
 
 
 class Cluster:
@@ -95,6 +111,9 @@ class Cluster:
         self.process_of: dict[int, str] = {}
         self.closed_at: dict[int, float] = {}
         self.run_of: dict[int, tuple[str, int]] = {}  # producer -> (process, invocation)
+        # (process, event id) of a record the broker refused for its own content (too large,
+        # invalid), putting the producer in its fatal state -> (when, invocation of the process).
+        self.culprit_fatals: dict[tuple[str, str], list[tuple[float, int]]] = {}
         # The idempotence check: the next sequence number the broker expects per
         # (producer, epoch, topic, partition).
         self.expected: dict[tuple[int, int, str, int], int] = {}
@@ -197,12 +216,23 @@ class _Metadata:
         self._last_successful_refresh_ms = 0.0
 
 
+class _Client:
+    """The network client's count of requests written and not answered (nor timed out) yet."""
+
+    def __init__(self) -> None:
+        self.on_wire = 0
+
+    def in_flight_request_count(self, node_id: int | None = None) -> int:
+        return self.on_wire
+
+
 class _Sender:
-    """The I/O thread's handle: ``force_close``, ``join``, ``is_alive``."""
+    """The I/O thread's handle: ``force_close``, ``join``, ``is_alive``, ``_client``."""
 
     def __init__(self, producer: SimProducer) -> None:
         self.producer = producer
         self.alive = True
+        self._client = _Client()
 
     def force_close(self) -> None:
         self.producer._force_close()
@@ -242,8 +272,10 @@ class SimProducer:
         self._closing = False
         self._wakeup_scheduled = False
         self._next_seq: dict[tuple[int, str, int], int] = {}
-        self._wire_at = 0.0  # one connection: the broker reads requests in the order they were sent
-        self._answer_at = 0.0  # ... and answers them in that order
+        # One connection per broker (partition p is led by broker p): a broker reads a
+        # connection's requests in the order they were sent, and answers them in that order.
+        self._wire_at: dict[int, float] = {}
+        self._answer_at: dict[int, float] = {}
         # Batches a force-closed sender thread was about to transmit when it was stopped: it
         # finishes that iteration when it next runs (after a thaw, if the process froze first).
         self._zombie: list[_Batch] | None = None
@@ -362,9 +394,12 @@ class SimProducer:
             # it on the connection, are appended late, after the client may have given up on them.
             # Within the request's own timeout (what the relay's in-doubt grace is sized on).
             latency = world.rng.uniform(0.5, self.config["request_timeout_ms"] / 1000)
-        self._wire_at = max(world.now + latency, self._wire_at + 1e-6)
+        node = batch.partition
+        wire_at = self._wire_at[node] = max(world.now + latency, self._wire_at.get(node, 0.0) + 1e-6)
         request_timeout = self.config["request_timeout_ms"] / 1000
         answered = {"done": False}
+        client = self._sender._client
+        client.on_wire += 1
 
         def broker() -> None:  # the broker's side: independent of the client's fate
             if not cluster.up():
@@ -382,22 +417,24 @@ class SimProducer:
             if cluster.noisy(cluster.faults.slow_ack):
                 delay = world.rng.uniform(0.5, 2 * request_timeout)
             # One connection: answers come back in the order the requests went out.
-            self._answer_at = max(world.now + delay, self._answer_at + 1e-6)
-            world.at(self._answer_at, lambda: answer(outcome), self.process)
+            answer_at = self._answer_at[node] = max(world.now + delay, self._answer_at.get(node, 0.0) + 1e-6)
+            world.at(answer_at, lambda: answer(outcome), self.process)
 
         def answer(outcome: str | BaseException | None) -> None:
             if answered["done"] or not self._sender.alive:
                 return
             answered["done"] = True
+            client.on_wire -= 1
             self._on_response(batch, outcome)
 
         def timed_out() -> None:
             if answered["done"] or not self._sender.alive:
                 return
             answered["done"] = True
+            client.on_wire -= 1
             self._on_response(batch, kafka_errors.RequestTimedOutError("request timed out"))
 
-        world.at(self._wire_at, broker)
+        world.at(wire_at, broker)
         world.at(world.now + request_timeout, timed_out, self.process)
 
     def _broker_outcome(self, batch: _Batch) -> str | BaseException | None:
@@ -413,10 +450,20 @@ class SimProducer:
             return kafka_errors.UnknownTopicOrPartitionError()
         if not state.writable and not cluster.quiet:
             return kafka_errors.TopicAuthorizationFailedError(batch.topic)
+        now = self.world.now
+        if not cluster.quiet and any(
+            (t, p) == (batch.topic, batch.partition) and a <= now < b
+            for t, p, a, b in cluster.faults.partition_outages
+        ):
+            return kafka_errors.NotLeaderForPartitionError()
         if any(r.size > state.max_message_bytes for r in batch.records) or (
             len(batch.records) > 1 and batch.size > state.max_message_bytes
         ):
             return kafka_errors.MessageSizeTooLargeError()
+        if any(REFUSED in r.value for r in batch.records):
+            return kafka_errors.InvalidRecordError()  # the whole batch, with its record_errors
+        if any(BREAKS in r.value for r in batch.records):
+            return kafka_errors.UnknownError()  # UNKNOWN_SERVER_ERROR: the broker failed on it
         slot = (self.id, batch.epoch, batch.topic, batch.partition)
         expected = cluster.expected.get(slot, 0)
         if batch.seq is not None and batch.seq < expected:
@@ -464,6 +511,13 @@ class SimProducer:
             self._complete(batch, outcome)  # retries exhausted: failed, no state change
         else:
             self._fatal = outcome  # classify_batch_error: non-retriable → FATAL
+            if isinstance(outcome, _OWN_FAULT):
+                limit = self.cluster.topics[batch.topic].max_message_bytes
+                for record in batch.records:
+                    if record.size > limit or REFUSED in record.value or BREAKS in record.value:
+                        culprit = (self.process.name, record.headers_id)
+                        fatals = self.cluster.culprit_fatals.setdefault(culprit, [])
+                        fatals.append((self.world.now, self.process.runs))
             self._complete(batch, outcome)
             self._wakeup(0.0)
 
@@ -521,8 +575,11 @@ class SimProducer:
             slot = (self._epoch, batch.topic, batch.partition)
             batch.epoch, batch.seq = self._epoch, self._next_seq.get(slot, 0)
             self._next_seq[slot] = batch.seq + 1
-            self._wire_at = max(self.world.now + self.world.rng.uniform(0.001, 0.01), self._wire_at + 1e-6)
-            self.world.at(self._wire_at, self._land(batch))
+            node = batch.partition
+            latency = self.world.rng.uniform(0.001, 0.01)
+            wire_at = max(self.world.now + latency, self._wire_at.get(node, 0.0) + 1e-6)
+            self._wire_at[node] = wire_at
+            self.world.at(wire_at, self._land(batch))
 
     def _land(self, batch: _Batch) -> Callable[[], None]:
         def land() -> None:

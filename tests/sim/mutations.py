@@ -13,7 +13,7 @@ from typing import Any
 
 from kafka import errors as kafka_errors
 
-from outbox_relay import isolation, ordering, produce_errors, publisher_kafka
+from outbox_relay import isolation, kafka_memory, ordering, produce_errors, publisher_kafka
 from outbox_relay.model import Delivery, Message, SendResult
 
 
@@ -86,16 +86,42 @@ def sender_not_joined() -> Iterator[None]:
 
 @contextlib.contextmanager
 def isolation_capped() -> Iterator[None]:
-    """Finding 6: isolation re-sends records one at a time up to a cap; a culprit past it is never
-    found, and a rejected record is not remembered (it is sent again every pass)."""
-    with _patch(isolation, "ISOLATION_SENDS", 1), _patch(publisher_kafka, "REJECTED_MEMORY_SECONDS", 0.0):
+    """Finding 6, as the code had it: isolation re-sends the failed records one at a time, in
+    batch order, up to a cap; a culprit past it is NOT_SENT and the next pass repeats the fatal
+    state; a rejected record is not remembered (while its letter waits, it is sent again)."""
+
+    def mutated(
+        sender: Any,
+        messages: Sequence[Message],
+        results: Any,
+        failed: dict[int, BaseException],
+        deadline: float,
+    ) -> int:
+        sends = 0
+        for index in sorted(failed):
+            if sends >= 20:
+                results[index] = SendResult(Delivery.NOT_SENT)
+                continue
+            sends += 1
+            again = sender.send_group(messages, results, [index], deadline)
+            if index in again:
+                results[index] = sender.own_failure(messages[index], again[index])
+        return sends
+
+    with (
+        _patch(publisher_kafka, "isolate", mutated),
+        _patch(kafka_memory, "REJECTED_MEMORY_SECONDS", 0.0),
+    ):
         yield
 
 
 @contextlib.contextmanager
 def isolation_ignores_earlier_failures() -> Iterator[None]:
-    """Finding 7: isolation re-sends a poisoned record of a key whose earlier record in the batch
-    failed otherwise (its `stop` starts empty), so a later event's first copy can land first."""
+    """Finding 7, as the code had it: isolation re-sends a poisoned record of a key whose earlier
+    record in the batch failed otherwise (its `stop` starts empty), so a later event's first copy
+    can land first.  The code then also sent a key's later records after an earlier one failed
+    before it was sent; that defence, added since, alone hides most of the isolation half, so
+    both are put back."""
     isolate = isolation.isolate
 
     def mutated(
@@ -112,7 +138,27 @@ def isolation_ignores_earlier_failures() -> Iterator[None]:
             results[index] = shown[index]
         return sends
 
-    with _patch(publisher_kafka, "isolate", mutated):
+    with (
+        _patch(publisher_kafka, "isolate", mutated),
+        _patch(publisher_kafka, "aggregate_of", lambda message: object()),  # nothing is stopped
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def dead_producer_closed_at_once() -> Iterator[None]:
+    """A producer that failed with its own state is stopped at once, with requests still on the
+    wire: one appended after isolation's re-sends puts an older event's copy last."""
+    with _patch(produce_errors, "await_answers", lambda producer, clock, deadline: True):
+        yield
+
+
+@contextlib.contextmanager
+def lone_failure_is_an_outage() -> Iterator[None]:
+    """A record the broker fails on alone with an error of no known meaning (UNKNOWN_SERVER_ERROR)
+    is filed as a Kafka outage: every run that reaches it stops there, and it is never
+    dead-lettered."""
+    with _patch(isolation, "_blame_lone_failures", lambda sender, messages, results, state: None):
         yield
 
 
@@ -122,4 +168,6 @@ MUTATIONS: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
     "sender_not_joined": sender_not_joined,
     "isolation_capped": isolation_capped,
     "isolation_ignores_earlier_failures": isolation_ignores_earlier_failures,
+    "dead_producer_closed_at_once": dead_producer_closed_at_once,
+    "lone_failure_is_an_outage": lone_failure_is_an_outage,
 }

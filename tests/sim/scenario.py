@@ -31,7 +31,7 @@ from outbox_relay.publisher_kafka import KafkaPublisher
 from outbox_relay.relay import Relay
 
 from . import content
-from .kafka import Appended, Cluster, Topic, factory
+from .kafka import BREAKS, PARTITIONS, REFUSED, Appended, Cluster, Topic, factory
 from .sqs import Queue, SimSqsClient
 from .store import Database, Row, SimStore
 from .world import Actor, Hung, Killed, Process, SimClock, World
@@ -39,6 +39,9 @@ from .world import Actor, Hung, Killed, Process, SimClock, World
 NOISY_SECONDS = 300.0  # the phase with faults
 QUIET_RUNS = 12  # scheduled runs after the faults stop, by which everything must be done
 SCHEDULE_SECONDS = 60.0
+# Invocations of one process in which one record may put a producer in its fatal state before
+# it is found (isolation cut short), besides the attempts a record sent alone may be charged.
+CULPRIT_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,6 @@ class Report:
     mutation: str | None = None
     # First copies out of order that kafka-python's epoch bump explains (docs/reliability.md).
     epoch_bump_inversions: int = 0
-    # Last copies out of order by a closed producer's request appended late (docs/reliability.md).
-    dead_connection_landings: int = 0
 
     @property
     def ok(self) -> bool:
@@ -131,6 +132,7 @@ class Sim:
             "bad_encodings": on(0.3),
             "big_rows": on(0.4),
             "too_big_for_broker": on(0.3),
+            "refused_by_broker": on(0.3),
             "missing_topic": on(0.3),
             "denied_topic": on(0.3),
             "db_drops": on(0.3),
@@ -144,6 +146,7 @@ class Sim:
             "kafka_slow_acks": on(0.3),
             "kafka_lost_acks": on(0.2),
             "kafka_slow_broker": on(0.3),
+            "kafka_partition_outages": on(0.3),
             "zombie_senders": on(0.3),
             "sqs_outage": on(0.25),
             "sqs_entry_failures": on(0.3),
@@ -213,6 +216,11 @@ class Sim:
         k.lost_ack = 0.02 if s["kafka_lost_acks"] else 0.0
         k.zombie = 0.5 if s["zombie_senders"] else 0.0
         k.slow_broker = 0.02 if s["kafka_slow_broker"] else 0.0
+        if s["kafka_partition_outages"]:
+            topics = ["outbox.event.order", "outbox.event.user", "explicit.topic"]
+            k.partition_outages = [
+                (rng.choice(topics), rng.randrange(PARTITIONS), a, b) for a, b in windows(4, 15.0)
+            ]
         q = self.queue.faults
         q.outages = windows(2, 40.0) if s["sqs_outage"] else []
         q.entry_failure = 0.1 if s["sqs_entry_failures"] else 0.0
@@ -249,6 +257,8 @@ class Sim:
         }
         if s["big_rows"] and rng.random() < 0.15:
             columns["payload"] = content.payload(rng, rng.choice([5_000, 25_000, 70_000]))
+        if s["refused_by_broker"] and rng.random() < 0.02:
+            columns["payload"] = b'{"' + rng.choice([REFUSED, BREAKS]) + b'": true}'
         if rng.random() < 0.1:
             columns["headers"] = b'{"trace": "abc"}'
         if rng.random() < 0.05:
@@ -343,7 +353,11 @@ class Sim:
             return Truth(False, None, len(row.payload))
         size = len(message.key) + len(message.value) + sum(len(k) + len(v) for k, v in message.headers) + 20
         topic = self.cluster.topics.get(message.topic)
-        good = topic is None or size <= topic.max_message_bytes
+        good = (
+            (topic is None or size <= topic.max_message_bytes)
+            and REFUSED not in row.payload
+            and BREAKS not in row.payload
+        )
         if message.topic not in self.cluster.topics:
             self.unhealthy_topics.add(message.topic)
         return Truth(good, message.topic, size)
@@ -490,7 +504,6 @@ class Sim:
         for (topic, _), log in sorted(self.cluster.logs.items()):
             per_key: dict[tuple[bytes, bytes], list[int]] = {}
             producer_of: dict[int, Appended] = {}  # row -> its first copy
-            last_of: dict[int, Appended] = {}  # row -> its last copy
             for record in log:
                 row = by_event.get(record.event_id.encode())
                 if row is None:
@@ -498,16 +511,33 @@ class Sim:
                     continue
                 per_key.setdefault(row.key, []).append(row.id)
                 producer_of.setdefault(row.id, record)
-                last_of[row.id] = record
             for key, ids in per_key.items():
                 first = list(dict.fromkeys(ids))
                 last = list(dict.fromkeys(reversed(ids)))[::-1]
                 inversion = self._first_copy_inversion(first, producer_of, rows)
                 if inversion is not None:
                     self.violation("first_copy_order", f"{topic} key {key!r}: {inversion}")
-                inversion = self._last_copy_inversion(last, last_of)
+                inversion = self._last_copy_inversion(last)
                 if inversion is not None:
                     self.violation("last_copy_order", f"{topic} key {key!r}: {inversion}")
+        # Cost: a record Kafka refuses for its own content puts a producer in its fatal state
+        # (every record in flight fails with it).  A process that found it (it tried to
+        # dead-letter it) never sends it again; one that did not (its isolation was cut short,
+        # or the record was all it sent and is charged attempts) may try in a few invocations.
+        for (process, event), fatals in sorted(self.cluster.culprit_fatals.items()):
+            found = self.queue.tried.get((process, event))
+            again = [at for at, _ in fatals if found is not None and at > found]
+            runs = {run for _, run in fatals}
+            if again:
+                self.violation(
+                    "culprit_repeated",
+                    f"event {event} refused again at t={again[0]:.2f}: {process} knew it (t={found:.2f})",
+                )
+            elif len(runs) > CULPRIT_RUNS + self.settings.max_attempts:
+                self.violation(
+                    "culprit_repeated",
+                    f"event {event} stopped producers of {process} in {len(runs)} invocations",
+                )
         for breach in self.db.memory_breaches[:3]:
             self.violation("memory", breach)
         # Letters: one per row, of a DEAD row.
@@ -531,11 +561,10 @@ class Sim:
                 self.violation("lost", f"row {row.id} PUBLISHED but not in Kafka")
             if row.status == "PENDING":
                 state = self.cluster.topics.get(truth.topic) if truth and truth.topic else None
+                # A row that encodes (it has a topic) waits for its topic, poison or not: only a
+                # send could tell the relay that Kafka refuses it.
                 blocked_by_topic = (
-                    truth is not None
-                    and truth.good
-                    and state is not None
-                    and not (state.exists and state.writable)
+                    truth is not None and state is not None and not (state.exists and state.writable)
                 )
                 if blocked_by_topic and row.attempts:
                     self.violation("charged_for_topic", f"row {row.id} charged {row.attempts} for its topic")
@@ -565,29 +594,14 @@ class Sim:
                 return f"row {earlier} after row {later}"
         return None
 
-    def _last_copy_inversion(self, last: list[int], last_of: dict[int, Appended]) -> str | None:
-        """The first pair of rows whose last copies are out of order, unless it is the documented
-        exception (counted in the report): the late copy was on the wire of a producer that the
-        same process then closed (a fatal state), and the copy it lands after was that process's
-        own re-send on a new producer (isolation): the broker appended the dead connection's
-        request late."""
-        cluster = self.cluster
+    def _last_copy_inversion(self, last: list[int]) -> str | None:
+        """The first pair of rows whose last copies are out of order: never allowed (a producer
+        that failed with its own state is stopped only once its wire is empty, so a request of
+        it cannot be appended after a re-send)."""
         for i, early in enumerate(last):
             for later in last[i + 1 :]:
-                if later > early:
-                    continue
-                late, ahead = last_of[later], last_of[early]
-                closed = cluster.closed_at.get(late.producer)
-                if (
-                    closed is not None
-                    and late.sent_at < closed <= late.at
-                    and ahead.producer != late.producer
-                    and ahead.sent_at >= closed  # re-sent after the close ...
-                    and cluster.run_of[late.producer] == cluster.run_of[ahead.producer]  # ... by that run
-                ):
-                    self.report.dead_connection_landings += 1
-                    continue
-                return f"row {later} after row {early}"
+                if later < early:
+                    return f"row {later} after row {early}"
         return None
 
     # --- the run ------------------------------------------------------------------------
@@ -672,9 +686,9 @@ def _runner(world: World) -> Callable[[float, Callable[[], Any]], Any]:
 @contextlib.contextmanager
 def _knobs(knobs: dict[str, Any]) -> Iterator[None]:
     """Set the relay's module limits for one run (every module that holds a copy)."""
-    from outbox_relay import publisher_kafka, relay, shard_sweep
+    from outbox_relay import kafka_memory, relay, shard_sweep
 
-    holders = [relay, shard_sweep, publisher_kafka]
+    holders = [relay, shard_sweep, kafka_memory]
     saved = [(m, name, getattr(m, name)) for m in holders for name in knobs if hasattr(m, name)]
     for module, name, _ in saved:
         setattr(module, name, knobs[name])

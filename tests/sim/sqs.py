@@ -8,6 +8,7 @@ the way back after SQS stored the messages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class Queue:
         self.world = world
         self.max_bytes = max_bytes
         self.letters: list[Letter] = []
+        # (process, event id) -> when that process first tried to dead-letter the event.
+        self.tried: dict[tuple[str, str], float] = {}
         self.outbox_ids: set[int] = set()
         self.faults = SqsFaults()
         self.quiet = False
@@ -65,6 +68,11 @@ class SimSqsClient:
     def send_message_batch(self, QueueUrl: str, Entries: Sequence[dict[str, str]]) -> dict[str, Any]:
         queue, world = self.queue, self.queue.world
         world.check()
+        sender = world.current.process.name if world.current is not None else "?"
+        for entry in Entries:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                event = str(json.loads(entry["MessageBody"]).get("event_id"))
+                queue.tried.setdefault((sender, event), world.now)
         world.pause(world.rng.uniform(0.005, 0.03))
         if queue.down():
             world.pause(CALL_BOUND_SECONDS)
@@ -94,7 +102,6 @@ class SimSqsClient:
                 )
                 continue
             parsed = json.loads(body)
-            sender = world.current.process.name if world.current is not None else "?"
             queue.letters.append(
                 Letter(int(parsed["outbox_id"]), str(parsed.get("event_id")), parsed, world.now, sender)
             )

@@ -7,7 +7,9 @@ producer fatal: every other pending record, and every record sent later, fails w
 exception object (``abort_batches``).  Records scripted to ``expire`` fail with
 ``KafkaTimeoutError`` (retriable, no state change).  Like kafka-python, ``flush`` waits up to
 ``timeout`` per incomplete batch (each record is its own batch here) for records scripted to
-take ``ack_delay`` seconds."""
+take ``ack_delay`` seconds.  A record scripted ``on_wire`` is still unanswered when the fatal
+state aborts it: the broker appends it ``wire_seconds`` later, and until then it counts in the
+sender's ``_client.in_flight_request_count()`` (a force-closed producer does not stop it)."""
 
 from __future__ import annotations
 
@@ -44,13 +46,17 @@ class Broker:
     max_bytes: int | None = None
     expire: set[bytes] = field(default_factory=set)  # values whose batch expires
     invalid: set[bytes] = field(default_factory=set)  # values the broker finds invalid
+    breaks: set[bytes] = field(default_factory=set)  # values the broker fails on (UNKNOWN_SERVER_ERROR)
     ack_delay: float = 0.0
     stagger: float = 0.0  # each pending record's ack comes this much after the one before
     # The sender thread answers what was sent before while later records are being sent, so a
     # dead producer's next future is already failed when send() returns (as a failed metadata
     # lookup's is).
     eager: bool = False
+    on_wire: set[bytes] = field(default_factory=set)  # values still on the wire at an abort
+    wire_seconds: float = 0.5
     log: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (topic, key, value)
+    landing: list[tuple[float, int, tuple[str, bytes, bytes]]] = field(default_factory=list)
     produced: list[bytes] = field(default_factory=list)  # values that reached the broker
     producers: list[FatalStateProducer] = field(default_factory=list)
 
@@ -59,15 +65,32 @@ class Broker:
         return self.producers[-1]
 
     def values(self) -> list[bytes]:
+        self.land()
         return [v for _, _, v in self.log]
+
+    def land(self) -> None:
+        """Append what was on the wire and whose time has come, in time order."""
+        due = sorted(entry for entry in self.landing if entry[0] <= self.clock.now)
+        self.landing = [entry for entry in self.landing if entry[0] > self.clock.now]
+        self.log.extend(record for _, _, record in due)
+
+
+class Client:
+    def __init__(self, broker: Broker, producer: int) -> None:
+        self.broker, self.producer = broker, producer
+
+    def in_flight_request_count(self) -> int:
+        self.broker.land()
+        return sum(1 for _, producer, _ in self.broker.landing if producer == self.producer)
 
 
 class Sender:
-    def __init__(self) -> None:
+    def __init__(self, client: Client | None = None) -> None:
         self.hang = False
         self.forced = False
         self.joined = False
         self.alive = True
+        self._client = client
 
     def force_close(self) -> None:
         self.forced = True
@@ -92,7 +115,8 @@ class FatalStateProducer:
         self.pending: list[tuple[Future, str, bytes, bytes, float]] = []
         self.fatal: BaseException | None = None
         self.closed = False
-        self._sender = Sender()
+        self.number = len(broker.producers)  # its place in broker.producers
+        self._sender = Sender(Client(broker, self.number))
         self._metadata = Metadata()
         self.block_ms_seen: list[tuple[int, float]] = []  # (max_block_ms, seconds left on send)
 
@@ -110,8 +134,13 @@ class FatalStateProducer:
 
     def flush(self, timeout: float | None = None) -> None:
         clock = self.broker.clock
+        self.broker.land()
+        on_wire = []
         for future, topic, key, value, ack_at in self.pending:
             if future.is_done:
+                continue
+            if value in self.broker.on_wire and self.fatal is None:
+                on_wire.append((future, topic, key, value))  # answered after what follows
                 continue
             if self.fatal is not None:
                 future.done(self.fatal)  # aborted with the culprit's exception
@@ -126,6 +155,9 @@ class FatalStateProducer:
             elif value in self.broker.invalid:
                 self.fatal = kafka_errors.InvalidRecordError("invalid")
                 future.done(self.fatal)
+            elif value in self.broker.breaks:
+                self.fatal = kafka_errors.UnknownError("unknown server error")
+                future.done(self.fatal)
             elif topic in self.broker.denied:
                 self.fatal = kafka_errors.TopicAuthorizationFailedError(topic)
                 future.done(self.fatal)
@@ -135,6 +167,14 @@ class FatalStateProducer:
             else:
                 self.broker.log.append((topic, key, value))
                 future.done()
+        for future, topic, key, value in on_wire:
+            if self.fatal is None:
+                self.broker.log.append((topic, key, value))
+                future.done()
+            else:  # aborted, but the broker has the request: appended later all the same
+                future.done(self.fatal)
+                at = clock.now + self.broker.wire_seconds
+                self.broker.landing.append((at, self.number, (topic, key, value)))
         self.pending = [p for p in self.pending if not p[0].is_done]
 
     def close(self, timeout: float | None = None) -> None:

@@ -254,3 +254,79 @@ def test_later_records_of_an_aggregate_whose_record_failed_before_sending_are_no
     ]
     assert publish(pub, batch) == [Delivery.TOPIC_UNAVAILABLE, Delivery.NOT_SENT, Delivery.DELIVERED]
     assert [v for _, _, v in broker.log] == [b"{}"] and len(broker.log) == 1
+
+
+def last_copies_in_order(broker: Broker, key: bytes) -> list[bytes]:
+    """The key's values in the order of their last copies in the log."""
+    values = [v for _, k, v in broker.log if k == key]
+    return [v for i, v in enumerate(values) if v not in values[i + 1 :]]
+
+
+@pytest.mark.parametrize("wire_seconds", [0.01, 0.5, 3.0])
+def test_a_dead_producer_is_stopped_only_once_its_requests_are_answered(wire_seconds: float) -> None:
+    """Found by the simulation: a fatal state aborts a record whose request the broker still
+    holds; re-sending the key's records on a new producer before that request is answered lets
+    it be appended after the re-sends, so the older event's copy is the last one."""
+    clock = FakeClock()
+    a1, a2 = message(1, key="A"), message(2, key="A")
+    broker = Broker(clock, invalid={message(3).value}, on_wire={a1.value}, wire_seconds=wire_seconds)
+    pub = publisher(broker)
+    started = clock.now
+    results = publish(pub, [a1, message(3), a2], seconds=10.0)
+    assert results == [Delivery.DELIVERED, Delivery.REJECTED, Delivery.DELIVERED]
+    clock.now += 60
+    assert last_copies_in_order(broker, b"A") == [a1.value, a2.value], "event 1's last copy is last"
+    assert clock.now - 60 - started >= wire_seconds, "isolation waited for the wire"
+    assert broker.producers[0]._sender.forced, "stopped once answered"
+
+
+def test_a_dead_producer_whose_requests_outlive_the_deadline_sends_nothing_more() -> None:
+    clock = FakeClock()
+    a1, a2 = message(1, key="A"), message(2, key="A")
+    broker = Broker(clock, invalid={message(3).value}, on_wire={a1.value}, wire_seconds=5.0)
+    pub = publisher(broker)
+    deadline = clock.now + 1.0
+    results = [r.delivery for r in pub.send([a1, message(3), a2], deadline).wait(deadline)]
+    assert results == [Delivery.UNAVAILABLE] * 3, "nothing is isolated: the run stops"
+    assert pub.in_doubt and clock.now <= deadline
+    assert len(broker.producers) == 1, "no re-send on a new producer"
+    clock.now += 60
+    assert broker.values() == [a1.value], "the request on the wire landed; nothing else was sent"
+
+
+def test_a_record_the_broker_fails_on_alone_is_dead_lettered_while_the_cluster_takes_others() -> None:
+    """Found by the simulation: UNKNOWN_SERVER_ERROR is not retriable, so fatal, and kafka-python
+    gives it no meaning; a record that failed alone with it was filed as a Kafka outage, and every
+    run that reached it stopped there, for ever."""
+    clock = FakeClock()
+    batch = [message(n, key=f"k{n % 3}") for n in range(9)]
+    broker = Broker(clock, breaks={batch[4].value})
+    pub = publisher(broker)
+    results = pub.send(batch, clock.now + 30).wait(clock.now + 30)
+    assert results[4].delivery is Delivery.REJECTED and "UnknownError" in results[4].error
+    assert all(results[i].delivery is Delivery.DELIVERED for i in (0, 1, 2, 3, 5, 6, 8))
+    assert results[7].delivery is Delivery.NOT_SENT, "its key's later record waits for the letter"
+    # Remembered: while its letter waits, it is not sent again.
+    made = len(broker.producers)
+    assert publish(pub, [batch[4]]) == [Delivery.REJECTED] and len(broker.producers) == made
+
+
+def test_a_lone_record_is_blamed_only_if_the_cluster_took_records_lately() -> None:
+    clock = FakeClock()
+    culprit = message(1)
+    broker = Broker(clock, breaks={culprit.value})
+    cold = publisher(broker)
+    assert publish(cold, [culprit]) == [Delivery.RETRY], "alone and nothing to compare: one attempt"
+    assert publish(cold, [message(2), culprit]) == [Delivery.DELIVERED, Delivery.REJECTED]
+    warm = publisher(broker)
+    assert publish(warm, [message(2)]) == [Delivery.DELIVERED]
+    clock.now += 60
+    assert publish(warm, [culprit]) == [Delivery.REJECTED]
+
+
+def test_a_cluster_that_fails_every_record_charges_nobody() -> None:
+    clock = FakeClock()
+    batch = [message(n) for n in range(6)]
+    broker = Broker(clock, breaks={m.value for m in batch})
+    pub = publisher(broker)
+    assert set(publish(pub, batch)) <= {Delivery.UNAVAILABLE, Delivery.NOT_SENT}

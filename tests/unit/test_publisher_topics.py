@@ -9,7 +9,7 @@ from typing import Any
 
 from kafka import errors as kafka_errors
 
-from outbox_relay import publisher_kafka
+from outbox_relay import kafka_memory
 from outbox_relay.config import load_config
 from outbox_relay.model import Delivery, Message
 from outbox_relay.publisher_kafka import KafkaPublisher
@@ -102,7 +102,7 @@ def test_a_denied_topic_is_a_topic_outage_not_a_fatal_producer_error_and_is_reme
 
 
 def test_a_remembered_topic_is_asked_for_again_after_the_memory_runs_out(monkeypatch: Any) -> None:
-    monkeypatch.setattr(publisher_kafka, "TOPIC_MEMORY_SECONDS", 0.0)
+    monkeypatch.setattr(kafka_memory, "TOPIC_MEMORY_SECONDS", 0.0)
     pub, made = publisher(denied=frozenset({"secret"}))
     pub.send([msg(1, "secret")], time.monotonic() + 5).wait(time.monotonic() + 5)
     pub.new_run()
@@ -193,7 +193,7 @@ def test_after_an_epoch_bump_the_later_records_of_the_isolated_key_go_again_afte
 
 
 def test_a_remembered_topic_is_tried_again_within_the_same_run_once_the_memory_ends(monkeypatch: Any) -> None:
-    monkeypatch.setattr(publisher_kafka, "TOPIC_MEMORY_SECONDS", 0.0)
+    monkeypatch.setattr(kafka_memory, "TOPIC_MEMORY_SECONDS", 0.0)
     pub, made = publisher(denied=frozenset({"secret"}))
     pub.new_run()
     for n in (1, 2):  # two passes of one long (poll-window) run, no new_run() between

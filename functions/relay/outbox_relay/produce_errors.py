@@ -60,6 +60,8 @@ log = logging.getLogger("outbox_relay")
 
 # Less time left than this ends a wait (a simulated clock would otherwise halve it for ever).
 MIN_WAIT_SECONDS = 0.001
+# How often a dead producer's requests on the wire are counted while waiting for their answers.
+ANSWER_POLL_SECONDS = 0.002
 
 # The record itself is unacceptable: dead-letter it.
 POISON: tuple[type[Exception], ...] = (
@@ -154,6 +156,33 @@ def await_futures(producer: Any, futures: Sequence[Any], clock: Clock, deadline:
             # splits an oversized batch; the split batches are still pending.
             log.info("flush interrupted, flushing again", extra={"error": describe(exc)})
             clock.sleep(min(0.01, max(0.0, deadline - clock.monotonic())))
+
+
+def await_answers(producer: Any, clock: Clock, deadline: float) -> bool:
+    """Wait until every request ``producer`` wrote has been answered (or timed out by the client),
+    to the deadline at the latest; True once none is left on the wire.
+
+    A dead producer's sender thread keeps polling its connections (``Sender.run_once`` in the
+    fatal state), so the requests of batches it aborted are still answered.  Stopping it before
+    that closes connections whose requests the broker may append later, after a re-send of the
+    same or a later record on a new producer: the older event's copy would land last.  So a dead
+    producer is stopped only once its wire is empty.  (kafka-python keeps the count on its
+    network client: ``producer._sender._client.in_flight_request_count()``.)
+    """
+    client = getattr(getattr(producer, "_sender", None), "_client", None)
+    count = getattr(client, "in_flight_request_count", None)
+    if count is None:
+        return True
+    while True:
+        try:
+            if not count():
+                return True
+        except Exception:  # the count is read from another thread's dicts: ask again
+            log.debug("in-flight count failed", exc_info=True)
+        left = deadline - clock.monotonic()
+        if left < MIN_WAIT_SECONDS:
+            return False
+        clock.sleep(min(ANSWER_POLL_SECONDS, left))
 
 
 def stop_producer(producer: Any, clock: Clock, deadline: float) -> bool:

@@ -6,15 +6,18 @@ to kafka-python's producer is written down, with references to its source, in
 
 * broker down, slow, or timing out → ``UNAVAILABLE`` (never charged to a row);
 * unknown topic / topic not authorized → ``TOPIC_UNAVAILABLE`` under that topic alone: never
-  charged, remembered for ``TOPIC_MEMORY_SECONDS`` (across the runs of a warm process), so the
-  topic costs at most one bounded metadata wait or one isolation in that time;
+  charged, remembered across the runs of a warm process (:mod:`outbox_relay.kafka_memory`), so
+  the topic costs at most one bounded metadata wait or one isolation in that time;
 * too large / invalid record → ``REJECTED`` (dead letter); the record is remembered, so while it
   waits for the dead-letter queue it is not sent again.
 
 A non-retriable produce error (a topic denied for WriteData, a record over the broker's
 ``message.max.bytes``, ...) puts the producer in its fatal state: every other pending record
 fails with the same exception.  The publisher stops that producer and finds the culprits by
-bisection on fresh ones (:mod:`outbox_relay.isolation`), bounded by the time left.
+bisection on fresh ones (:mod:`outbox_relay.isolation`), bounded by the time left.  It is
+stopped only once the broker has answered every request it wrote (its sender thread still
+polls): a request left on a closed connection may be appended after the re-sends, and an older
+event's copy would land last.
 
 Records the broker may still append after ``wait`` returned (a wait cut by the deadline, a batch
 expired or aborted in flight, a producer whose sender thread could not be stopped in time) set
@@ -32,7 +35,8 @@ The producer API used (a simulated producer implements exactly this):
   ``KafkaTimeoutError`` or another ``KafkaError``;
 * ``producer.close(timeout=)``;
 * ``producer._metadata._last_successful_refresh_ms`` (optional; the clock's time base, in ms);
-* ``producer._sender`` (optional): ``force_close()``, ``join(timeout)``, ``is_alive()``;
+* ``producer._sender`` (optional): ``force_close()``, ``join(timeout)``, ``is_alive()``, and
+  ``_client.in_flight_request_count()`` (requests written and not answered yet);
 * a future: ``is_done``, ``exception`` (``None`` once delivered), and optionally
   ``_produce_future`` (its batch: futures sharing one are one batch for ``flush``).  A future
   already done when ``send`` returns failed inside ``send`` (never reached the broker), unless
@@ -44,7 +48,7 @@ All time is read from the injected :class:`~outbox_relay.ports.Clock`.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,21 +58,19 @@ from kafka import errors as kafka_errors
 from . import produce_errors as pe
 from .config import KafkaSettings
 from .isolation import after_isolation, aggregate_of, isolate
+from .kafka_memory import Refusals
 from .model import CONTENT_ERRORS, Delivery, Message, SendResult
 from .ports import Clock, CredentialsUnavailable, InFlight, Settled, SystemClock
 
 log = logging.getLogger("outbox_relay")
 
-# A topic found missing or denied is not asked for again for this long (its rows wait as long,
-# relay.TOPIC_WAIT_SECONDS); a topic created meanwhile is used within that time.
-TOPIC_MEMORY_SECONDS = 30.0
-# A record Kafka rejected is not sent again for this long (it waits for the dead-letter queue).
-REJECTED_MEMORY_SECONDS = 900.0
-REJECTED_MEMORY_SIZE = 1000
 # A metadata wait the deadline cut shorter than this is no sign of an outage (a longer one with
 # no answer from the cluster is).
 MIN_METADATA_WAIT_MS = 250
 NO_ACK = "no acknowledgement before the deadline"
+# The cluster took records of this process this recently: it is up (see isolation).
+LATELY_SECONDS = 600.0
+UNANSWERED = "a failed producer's requests were still unanswered at the deadline"
 
 ProducerFactory = Callable[..., Any]
 Key = tuple[str, bytes]
@@ -118,9 +120,8 @@ class KafkaPublisher:
         self._in_doubt = False
         # Stopped producers whose sender thread had not exited by the deadline.
         self._stopping: list[Any] = []
-        # Topics found missing or denied: not asked for again (send() would block) until then.
-        self._topic_down: dict[str, tuple[str, float]] = {}  # topic -> (why, until)
-        self._rejected: OrderedDict[tuple[int, str, int], tuple[str, float]] = OrderedDict()
+        self._refusals = Refusals(self._clock)
+        self._delivered_at = -math.inf  # when the cluster last acknowledged a record of ours
 
     @property
     def clock(self) -> Clock:
@@ -137,11 +138,7 @@ class KafkaPublisher:
         return self.settings.request_timeout_ms / 1000
 
     def new_run(self) -> None:
-        now = self._clock.monotonic()
-        self._topic_down = {t: down for t, down in self._topic_down.items() if down[1] > now}
-        for record, (_, until) in list(self._rejected.items()):
-            if until <= now:
-                del self._rejected[record]
+        self._refusals.expire()
 
     def close(self) -> None:
         """Flush briefly and close; used when the process is done with Kafka."""
@@ -161,6 +158,16 @@ class KafkaPublisher:
         producer, self._producer = self._producer, None
         if producer is not None and not pe.stop_producer(producer, self._clock, deadline):
             self._stopping.append(producer)
+
+    def _bury(self, producer: Any, deadline: float) -> bool:
+        """Stop a producer that failed records with its own state (fatal, or an epoch reset)
+        once the broker has answered every request it wrote; False if some were still on the
+        wire at the deadline (stopped all the same, and in doubt).  Re-sending sooner on a new
+        producer could put a record's copy behind an older record's late-appended one."""
+        quiet = self._producer is not producer or pe.await_answers(producer, self._clock, deadline)
+        self._in_doubt = self._in_doubt or not quiet
+        self._discard(deadline)
+        return quiet
 
     def _reap(self, deadline: float) -> bool:
         """Finish stopping earlier producers; False if one still runs."""
@@ -212,8 +219,11 @@ class KafkaPublisher:
         if futures and self._producer is producer:
             pe.await_futures(producer, [f for _, f, _ in futures], self._clock, deadline)
         failed = self._outcomes(messages, results, futures)
-        if failed:
-            self._discard(deadline)  # dead (fatal state) or its epoch reset: start afresh
+        # Dead (fatal state) or its epoch reset: start afresh, once its wire is empty.
+        if failed and not self._bury(producer, deadline):
+            for index in failed:
+                results[index] = SendResult(Delivery.UNAVAILABLE, UNANSWERED)
+        elif failed:
             sends = isolate(self, messages, results, failed, deadline)
             after_isolation(messages, results, list(failed))
             rejected = sum(1 for i in failed if (r := results[i]) and r.delivery is Delivery.REJECTED)
@@ -313,25 +323,16 @@ class KafkaPublisher:
 
     def known(self, message: Message) -> SendResult | None:
         """What this process already knows about the record's topic or the record: no send."""
-        now = self._clock.monotonic()
-        down = self._topic_down.get(message.topic)
-        if down is not None and down[1] > now:  # remembered, not for ever
-            return SendResult(Delivery.TOPIC_UNAVAILABLE, down[0])
-        rejected = self._rejected.get(_identity(message))
-        if rejected is not None and rejected[1] > now:
-            return SendResult(Delivery.REJECTED, rejected[0])
-        return None
+        return self._refusals.known(message)
 
     def _topic_unavailable(self, topic: str, error: str) -> SendResult:
-        self._topic_down[topic] = (error, self._clock.monotonic() + TOPIC_MEMORY_SECONDS)
-        log.warning("topic unavailable", extra={"topic": topic, "error": error})
-        return SendResult(Delivery.TOPIC_UNAVAILABLE, error)
+        return self._refusals.topic_unavailable(topic, error)
 
-    def _reject(self, message: Message, error: str) -> SendResult:
-        self._rejected[_identity(message)] = (error, self._clock.monotonic() + REJECTED_MEMORY_SECONDS)
-        while len(self._rejected) > REJECTED_MEMORY_SIZE:
-            self._rejected.popitem(last=False)
-        return SendResult(Delivery.REJECTED, error)
+    def reject(self, message: Message, error: str) -> SendResult:
+        return self._refusals.reject(message, error)
+
+    def took_records_lately(self) -> bool:
+        return self._clock.monotonic() - self._delivered_at < LATELY_SECONDS
 
     def _outcomes(
         self, messages: Sequence[Message], results: list[SendResult | None], futures: list[Sent]
@@ -356,6 +357,7 @@ class KafkaPublisher:
                 self._in_doubt = True
             elif exc is None:
                 results[index] = SendResult(Delivery.DELIVERED)
+                self._delivered_at = self._clock.monotonic()
             elif early and not dead:  # failed inside send(): a metadata error, nothing was sent
                 results[index] = self.own_failure(messages[index], exc)
             else:
@@ -381,7 +383,7 @@ class KafkaPublisher:
         if result.delivery is Delivery.TOPIC_UNAVAILABLE:
             return self._topic_unavailable(message.topic, result.error)
         if result.delivery is Delivery.REJECTED:
-            return self._reject(message, result.error)
+            return self._refusals.reject(message, result.error)
         return result
 
     def send_group(
@@ -406,8 +408,11 @@ class KafkaPublisher:
         failed = self._outcomes(part, got, futures)
         for n, index in enumerate(group):
             results[index] = got[n] if n not in failed else None
-        if failed:
-            self._discard(deadline)  # it is dead: the next group goes on a fresh one
+        # It is dead: the next group goes on a fresh one, once this one's wire is empty.
+        if failed and not self._bury(producer, deadline):
+            for n in failed:
+                results[group[n]] = SendResult(Delivery.UNAVAILABLE, UNANSWERED)
+            return {}
         return {group[n]: exc for n, exc in failed.items()}
 
 
@@ -434,7 +439,3 @@ class _Batch:
         if self._results is None:
             self._results = self._publisher._collect(*self._args, deadline=deadline)
         return self._results
-
-
-def _identity(message: Message) -> tuple[int, str, int]:
-    return (message.record_id, message.topic, len(message.value))
