@@ -44,15 +44,11 @@ PARTITIONS = 3
 # A record whose value holds this is refused by the broker's own validation (as a broker with
 # schema validation answers INVALID_RECORD): poison the relay cannot see before sending.
 REFUSED = b"broker-refuses"
-# A record whose value holds this makes the broker fail the request with UNKNOWN_SERVER_ERROR
-# (a broker-side plugin or a bug tripping on that one record): not retriable, so fatal.
-BREAKS = b"broker-breaks"
 # Refusals that are the record's own fault.
 _OWN_FAULT = (
     kafka_errors.MessageSizeTooLargeError,
     kafka_errors.InvalidRecordError,
     kafka_errors.CorruptRecordError,
-    kafka_errors.UnknownError,
 )
 BATCH_OVERHEAD = 70  # bytes of a record batch's header, roughly as kafka-python sizes them
 
@@ -462,8 +458,6 @@ class SimProducer:
             return kafka_errors.MessageSizeTooLargeError()
         if any(REFUSED in r.value for r in batch.records):
             return kafka_errors.InvalidRecordError()  # the whole batch, with its record_errors
-        if any(BREAKS in r.value for r in batch.records):
-            return kafka_errors.UnknownError()  # UNKNOWN_SERVER_ERROR: the broker failed on it
         slot = (self.id, batch.epoch, batch.topic, batch.partition)
         expected = cluster.expected.get(slot, 0)
         if batch.seq is not None and batch.seq < expected:
@@ -514,7 +508,7 @@ class SimProducer:
             if isinstance(outcome, _OWN_FAULT):
                 limit = self.cluster.topics[batch.topic].max_message_bytes
                 for record in batch.records:
-                    if record.size > limit or REFUSED in record.value or BREAKS in record.value:
+                    if record.size > limit or REFUSED in record.value:
                         culprit = (self.process.name, record.headers_id)
                         fatals = self.cluster.culprit_fatals.setdefault(culprit, [])
                         fatals.append((self.world.now, self.process.runs))

@@ -153,15 +153,6 @@ def dead_producer_closed_at_once() -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def lone_failure_is_an_outage() -> Iterator[None]:
-    """A record the broker fails on alone with an error of no known meaning (UNKNOWN_SERVER_ERROR)
-    is filed as a Kafka outage: every run that reaches it stops there, and it is never
-    dead-lettered."""
-    with _patch(isolation, "_blame_lone_failures", lambda sender, messages, results, state: None):
-        yield
-
-
 MUTATIONS: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
     "published_without_ack": published_without_ack,
     "bystanders_blamed": bystanders_blamed,
@@ -169,5 +160,4 @@ MUTATIONS: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
     "isolation_capped": isolation_capped,
     "isolation_ignores_earlier_failures": isolation_ignores_earlier_failures,
     "dead_producer_closed_at_once": dead_producer_closed_at_once,
-    "lone_failure_is_an_outage": lone_failure_is_an_outage,
 }

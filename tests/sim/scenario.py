@@ -31,7 +31,7 @@ from outbox_relay.publisher_kafka import KafkaPublisher
 from outbox_relay.relay import Relay
 
 from . import content
-from .kafka import BREAKS, PARTITIONS, REFUSED, Appended, Cluster, Topic, factory
+from .kafka import PARTITIONS, REFUSED, Appended, Cluster, Topic, factory
 from .sqs import Queue, SimSqsClient
 from .store import Database, Row, SimStore
 from .world import Actor, Hung, Killed, Process, SimClock, World
@@ -40,7 +40,7 @@ NOISY_SECONDS = 300.0  # the phase with faults
 QUIET_RUNS = 12  # scheduled runs after the faults stop, by which everything must be done
 SCHEDULE_SECONDS = 60.0
 # Invocations of one process in which one record may put a producer in its fatal state before
-# it is found (isolation cut short), besides the attempts a record sent alone may be charged.
+# it is found (isolation cut short).
 CULPRIT_RUNS = 3
 
 
@@ -258,7 +258,7 @@ class Sim:
         if s["big_rows"] and rng.random() < 0.15:
             columns["payload"] = content.payload(rng, rng.choice([5_000, 25_000, 70_000]))
         if s["refused_by_broker"] and rng.random() < 0.02:
-            columns["payload"] = b'{"' + rng.choice([REFUSED, BREAKS]) + b'": true}'
+            columns["payload"] = b'{"' + REFUSED + b'": true}'
         if rng.random() < 0.1:
             columns["headers"] = b'{"trace": "abc"}'
         if rng.random() < 0.05:
@@ -353,11 +353,7 @@ class Sim:
             return Truth(False, None, len(row.payload))
         size = len(message.key) + len(message.value) + sum(len(k) + len(v) for k, v in message.headers) + 20
         topic = self.cluster.topics.get(message.topic)
-        good = (
-            (topic is None or size <= topic.max_message_bytes)
-            and REFUSED not in row.payload
-            and BREAKS not in row.payload
-        )
+        good = (topic is None or size <= topic.max_message_bytes) and REFUSED not in row.payload
         if message.topic not in self.cluster.topics:
             self.unhealthy_topics.add(message.topic)
         return Truth(good, message.topic, size)
@@ -522,8 +518,8 @@ class Sim:
                     self.violation("last_copy_order", f"{topic} key {key!r}: {inversion}")
         # Cost: a record Kafka refuses for its own content puts a producer in its fatal state
         # (every record in flight fails with it).  A process that found it (it tried to
-        # dead-letter it) never sends it again; one that did not (its isolation was cut short,
-        # or the record was all it sent and is charged attempts) may try in a few invocations.
+        # dead-letter it) never sends it again; one that did not (its isolation was cut short)
+        # may try in a few invocations.
         for (process, event), fatals in sorted(self.cluster.culprit_fatals.items()):
             found = self.queue.tried.get((process, event))
             again = [at for at, _ in fatals if found is not None and at > found]
@@ -533,7 +529,7 @@ class Sim:
                     "culprit_repeated",
                     f"event {event} refused again at t={again[0]:.2f}: {process} knew it (t={found:.2f})",
                 )
-            elif len(runs) > CULPRIT_RUNS + self.settings.max_attempts:
+            elif len(runs) > CULPRIT_RUNS:
                 self.violation(
                     "culprit_repeated",
                     f"event {event} stopped producers of {process} in {len(runs)} invocations",

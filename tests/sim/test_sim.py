@@ -27,8 +27,7 @@ CAUGHT = {
     "bystanders_blamed": ("delayed_for_another", 1, 8),
     "sender_not_joined": ("last_copy_order", 20, 1),
     "isolation_capped": ("culprit_repeated", 1, 4),
-    "dead_producer_closed_at_once": ("last_copy_order", 29, 1),
-    "lone_failure_is_an_outage": ("not_done", 1, 4),
+    "dead_producer_closed_at_once": ("last_copy_order", 109, 1),
 }
 
 

@@ -46,7 +46,6 @@ class Broker:
     max_bytes: int | None = None
     expire: set[bytes] = field(default_factory=set)  # values whose batch expires
     invalid: set[bytes] = field(default_factory=set)  # values the broker finds invalid
-    breaks: set[bytes] = field(default_factory=set)  # values the broker fails on (UNKNOWN_SERVER_ERROR)
     ack_delay: float = 0.0
     stagger: float = 0.0  # each pending record's ack comes this much after the one before
     # The sender thread answers what was sent before while later records are being sent, so a
@@ -154,9 +153,6 @@ class FatalStateProducer:
                 future.done(kafka_errors.KafkaTimeoutError("Expiring 1 record(s)"))
             elif value in self.broker.invalid:
                 self.fatal = kafka_errors.InvalidRecordError("invalid")
-                future.done(self.fatal)
-            elif value in self.broker.breaks:
-                self.fatal = kafka_errors.UnknownError("unknown server error")
                 future.done(self.fatal)
             elif topic in self.broker.denied:
                 self.fatal = kafka_errors.TopicAuthorizationFailedError(topic)

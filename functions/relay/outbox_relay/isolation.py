@@ -48,14 +48,6 @@ class GroupSender(Protocol):
         """The result of a record that failed for its own reason (remembered)."""
         ...
 
-    def reject(self, message: Message, error: str) -> SendResult:
-        """Kafka will not take this record: dead-letter it (remembered)."""
-        ...
-
-    def took_records_lately(self) -> bool:
-        """Did the cluster acknowledge a record of this process lately?"""
-        ...
-
     def send_group(
         self, messages: Sequence[Message], results: Results, group: list[int], deadline: float
     ) -> dict[int, BaseException]:
@@ -124,28 +116,7 @@ def isolate(
             work.appendleft((sorted(again), again))
         # Kafka itself failed (an outage, the deadline): the run stops; the rest waits.
         halt = any((r := results[i]) is not None and r.delivery is Delivery.UNAVAILABLE for i in todo)
-    _blame_lone_failures(sender, messages, results, state)
     return sends
-
-
-def _blame_lone_failures(
-    sender: GroupSender, messages: Sequence[Message], results: Results, state: _State
-) -> None:
-    """A record that failed alone, on a fresh producer, with an error kafka-python gives no
-    meaning to (``UNKNOWN_SERVER_ERROR``: a broker plugin or bug tripping on it) would stop every
-    run that reaches it.  If the cluster takes other records, the broker refuses that record: it
-    is dead-lettered.  If it was the only record sent, nothing tells: it is charged an attempt
-    (dead-lettered once they run out, like any row's own retriable error).  Several records
-    failing so with no record taken is the cluster failing: an outage, nobody charged."""
-    if not state.lone:
-        return
-    delivered = any(r is not None and r.delivery is Delivery.DELIVERED for r in results)
-    if delivered or sender.took_records_lately():
-        for index, exc in state.lone.items():
-            results[index] = sender.reject(messages[index], f"refused alone: {pe.describe(exc)}")
-    elif len(messages) == 1:
-        for index, exc in state.lone.items():
-            results[index] = SendResult(Delivery.RETRY, f"refused alone: {pe.describe(exc)}")
 
 
 def _split(
@@ -161,9 +132,7 @@ def _split(
     if len(todo) == 1:
         if pe.failure(first) is pe.Failure.FATAL or todo[0] in state.alone:
             # Alone, it failed for its own reason (a bystander needs a culprit beside it).
-            result = results[todo[0]] = sender.own_failure(messages[todo[0]], first)
-            if result.delivery is Delivery.UNAVAILABLE and pe.failure(first) is pe.Failure.FATAL:
-                state.lone[todo[0]] = first  # no known meaning: decided at the end
+            results[todo[0]] = sender.own_failure(messages[todo[0]], first)
             return []
         state.alone.add(todo[0])  # an epoch reset is nobody's fault: send it once more, alone
         return [todo]
@@ -196,7 +165,6 @@ _SIZE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooLargeE
 class _State:
     alone: set[int] = field(default_factory=set)  # sent alone after an epoch reset
     probes: list[int] = field(default_factory=list)  # largest records tried alone
-    lone: dict[int, BaseException] = field(default_factory=dict)  # failed alone, unknown error
 
     def probe_pays(self, results: Results) -> bool:
         """Probing by size goes on while every probe was a culprit (else: bisection)."""

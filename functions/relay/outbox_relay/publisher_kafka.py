@@ -48,7 +48,6 @@ All time is read from the injected :class:`~outbox_relay.ports.Clock`.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,8 +67,6 @@ log = logging.getLogger("outbox_relay")
 # no answer from the cluster is).
 MIN_METADATA_WAIT_MS = 250
 NO_ACK = "no acknowledgement before the deadline"
-# The cluster took records of this process this recently: it is up (see isolation).
-LATELY_SECONDS = 600.0
 UNANSWERED = "a failed producer's requests were still unanswered at the deadline"
 
 ProducerFactory = Callable[..., Any]
@@ -121,7 +118,6 @@ class KafkaPublisher:
         # Stopped producers whose sender thread had not exited by the deadline.
         self._stopping: list[Any] = []
         self._refusals = Refusals(self._clock)
-        self._delivered_at = -math.inf  # when the cluster last acknowledged a record of ours
 
     @property
     def clock(self) -> Clock:
@@ -164,7 +160,8 @@ class KafkaPublisher:
         once the broker has answered every request it wrote; False if some were still on the
         wire at the deadline (stopped all the same, and in doubt).  Re-sending sooner on a new
         producer could put a record's copy behind an older record's late-appended one."""
-        quiet = self._producer is not producer or pe.await_answers(producer, self._clock, deadline)
+        # One already stopped (a send raised) was stopped without waiting: in doubt.
+        quiet = self._producer is producer and pe.await_answers(producer, self._clock, deadline)
         self._in_doubt = self._in_doubt or not quiet
         self._discard(deadline)
         return quiet
@@ -328,12 +325,6 @@ class KafkaPublisher:
     def _topic_unavailable(self, topic: str, error: str) -> SendResult:
         return self._refusals.topic_unavailable(topic, error)
 
-    def reject(self, message: Message, error: str) -> SendResult:
-        return self._refusals.reject(message, error)
-
-    def took_records_lately(self) -> bool:
-        return self._clock.monotonic() - self._delivered_at < LATELY_SECONDS
-
     def _outcomes(
         self, messages: Sequence[Message], results: list[SendResult | None], futures: list[Sent]
     ) -> dict[int, BaseException]:
@@ -357,7 +348,6 @@ class KafkaPublisher:
                 self._in_doubt = True
             elif exc is None:
                 results[index] = SendResult(Delivery.DELIVERED)
-                self._delivered_at = self._clock.monotonic()
             elif early and not dead:  # failed inside send(): a metadata error, nothing was sent
                 results[index] = self.own_failure(messages[index], exc)
             else:
