@@ -37,7 +37,11 @@ from .store import Database, Row, SimStore
 from .world import Actor, Hung, Killed, Process, SimClock, World
 
 NOISY_SECONDS = 300.0  # the phase with faults
-QUIET_RUNS = 12  # scheduled runs after the faults stop, by which everything must be done
+# Scheduled runs after the faults stop.  Past QUIET_RUNS, runs go on while rows are left and one
+# of the last QUIET_RUNS runs settled some (a slow drain, e.g. one row per pass under a BUGGIFY
+# knob), up to MAX_QUIET_RUNS; QUIET_RUNS runs in a row that settle nothing are a stall.
+QUIET_RUNS = 12
+MAX_QUIET_RUNS = 200
 SCHEDULE_SECONDS = 60.0
 # Invocations of one process in which one record may put a producer in its fatal state before
 # it is found (isolation cut short).
@@ -115,6 +119,7 @@ class Sim:
         self.db.max_batch_bytes = self.settings.max_batch_bytes
         self.running: dict[Actor, tuple[float, float, Env]] = {}  # invocation -> (start, hard end)
         self.frozen_inside: set[Actor] = set()
+        self.end = 0.0  # where the world stops: the scheduler moves it while a drain goes on
 
     # --- the draw -----------------------------------------------------------------------
 
@@ -428,9 +433,21 @@ class Sim:
 
     def _scheduler(self) -> None:
         world, rng = self.world, self.world.rng
-        while world.now < NOISY_SECONDS + QUIET_RUNS * SCHEDULE_SECONDS:
+        pending: list[int] = []  # PENDING rows after each quiet run
+        while world.now < NOISY_SECONDS + QUIET_RUNS * SCHEDULE_SECONDS or self._draining(pending):
             self.invoke(rng.choice([10.0, 30.0, 60.0]))
             world.pause(SCHEDULE_SECONDS)
+            if world.now > NOISY_SECONDS:
+                pending.append(len(self._undone()))
+            self.end = max(self.end, world.now + SCHEDULE_SECONDS)
+
+    def _draining(self, pending: list[int]) -> bool:
+        """Past the regular quiet runs: go on while rows are left that the last QUIET_RUNS runs
+        moved (a slow drain is not a stall; the liveness check tells them apart)."""
+        if not pending or not pending[-1] or len(pending) >= MAX_QUIET_RUNS:
+            return False
+        recent = pending[-QUIET_RUNS - 1 :]
+        return recent[-1] < recent[0]
 
     def _manual(self) -> None:
         world, rng = self.world, self.world.rng
@@ -546,30 +563,40 @@ class Sim:
         for outbox_id, names in senders.items():
             if len(names) != len(set(names)) and not self.swarm["sqs_lost_answers"]:
                 self.violation("duplicate_letter", f"row {outbox_id}: {len(names)} letters from {names}")
-        # Liveness: after the quiet runs, every row is done, but those of a topic still down.
         appended = self.cluster.event_ids
-        held: set[tuple[bytes, bytes]] = set()  # aggregates whose head waits for its topic
         for row in sorted(rows.values(), key=lambda r: r.id):
-            truth = self.truth.get(row.id)
             self.report.published += row.status == "PUBLISHED"
             self.report.dead += row.status == "DEAD"
             if row.status == "PUBLISHED" and row.event_id.decode(errors="replace") not in appended:
                 self.violation("lost", f"row {row.id} PUBLISHED but not in Kafka")
-            if row.status == "PENDING":
-                state = self.cluster.topics.get(truth.topic) if truth and truth.topic else None
-                # A row that encodes (it has a topic) waits for its topic, poison or not: only a
-                # send could tell the relay that Kafka refuses it.
-                blocked_by_topic = (
-                    truth is not None and state is not None and not (state.exists and state.writable)
-                )
-                if blocked_by_topic and row.attempts:
-                    self.violation("charged_for_topic", f"row {row.id} charged {row.attempts} for its topic")
-                if blocked_by_topic:
+            if row.status == "PENDING" and row.attempts and self._held_by_topic(row):
+                self.violation("charged_for_topic", f"row {row.id} charged {row.attempts} for its topic")
+        # Liveness: after the quiet runs, every row is done, but those of a topic still down.
+        for row in self._undone():
+            self.violation(
+                "not_done", f"row {row.id} still PENDING after the faults stopped ({row.last_error})"
+            )
+
+    def _held_by_topic(self, row: Row) -> bool:
+        """A row that encodes (it has a topic) waits for its topic, poison or not: only a send
+        could tell the relay that Kafka refuses it."""
+        truth = self.truth.get(row.id)
+        state = self.cluster.topics.get(truth.topic) if truth and truth.topic else None
+        return state is not None and not (state.exists and state.writable)
+
+    def _undone(self) -> list[Row]:
+        """PENDING rows the relay owes: all but those of an aggregate whose head (or an earlier
+        row) waits for a topic still missing or denied."""
+        out = []
+        for ids in self.db.pending.values():  # an aggregate's rows are all in one shard
+            held: set[tuple[bytes, bytes]] = set()
+            for row_id in ids:
+                row = self.db.rows[row_id]
+                if self._held_by_topic(row):
                     held.add(row.key)
                 elif row.key not in held:
-                    self.violation(
-                        "not_done", f"row {row.id} still PENDING after the faults stopped ({row.last_error})"
-                    )
+                    out.append(row)
+        return sorted(out, key=lambda r: r.id)
 
     def _first_copy_inversion(
         self, first: list[int], producer_of: dict[int, Appended], rows: dict[int, Row]
@@ -615,10 +642,14 @@ class Sim:
         if self.swarm["freezes"] or self.swarm["kills"]:
             world.spawn("chaos", control, self._chaos)
         world.at(NOISY_SECONDS, self._quiet)
+        self.end = NOISY_SECONDS + (QUIET_RUNS + 1) * SCHEDULE_SECONDS
         try:
             logging.getLogger("outbox_relay").setLevel(logging.CRITICAL)
             with _knobs(self.swarm["knobs"]):
-                world.run(NOISY_SECONDS + (QUIET_RUNS + 1) * SCHEDULE_SECONDS)
+                ran_to = -1.0
+                while ran_to < self.end:  # the scheduler moves the end while the drain goes on
+                    ran_to = self.end
+                    world.run(ran_to)
         except Hung as exc:
             self.violation("hung", str(exc))
         for actor in world.actors:

@@ -97,6 +97,10 @@ class Database:
         self.memory_breaches: list[str] = []
         # Committed PENDING rows' ids per shard, in id order (the shard index, as InnoDB's).
         self.pending: dict[int, list[int]] = {shard: [] for shard in range(SHARDS)}
+        # The same per aggregate (the index the heads query walks): shard -> key -> ids.
+        self.pending_by_key: dict[int, dict[tuple[bytes, bytes], list[int]]] = {
+            shard: {} for shard in range(SHARDS)
+        }
 
     def db_now(self) -> float:
         return self.world.now + self.skew
@@ -127,6 +131,7 @@ class Database:
             row.committed = True
             row.created_at = now
             bisect.insort(self.pending[row.shard], row.id)
+            bisect.insort(self.pending_by_key[row.shard].setdefault(row.key, []), row.id)
 
     def settle(self, row: Row, status: str) -> None:
         """A PENDING row becomes PUBLISHED or DEAD: out of the shard index."""
@@ -135,6 +140,10 @@ class Database:
         at = bisect.bisect_left(ids, row.id)
         if at < len(ids) and ids[at] == row.id:
             del ids[at]
+            mine = self.pending_by_key[row.shard][row.key]
+            mine.remove(row.id)
+            if not mine:
+                del self.pending_by_key[row.shard][row.key]
 
     def rollback(self, rows: Sequence[Row]) -> None:
         for row in rows:
@@ -325,11 +334,9 @@ class SimStore:
             now = self.db.db_now()
             out: list[tuple[Row, bool, float]] = []
             for shard in shards:
-                first: dict[tuple[bytes, bytes], Row] = {}
-                for row in self._pending(shard):
-                    first.setdefault(row.key, row)
+                first = [self.db.rows[ids[0]] for ids in self.db.pending_by_key[shard].values()]
                 ordered = sorted(
-                    first.values(),
+                    first,
                     key=lambda r: (
                         r.available_at > now,
                         r.available_at if r.available_at > now else 0.0,
@@ -349,7 +356,8 @@ class SimStore:
                 now = self.db.db_now()
                 out: list[tuple[Row, bool, float]] = []
                 for head in due:
-                    mine = (r for r in self._pending(head.shard) if r.key == head.key)
+                    ids = self.db.pending_by_key[head.shard].get(head.key, [])
+                    mine = (self.db.rows[i] for i in ids)
                     out += [
                         (r, r.available_at <= now, max(0.0, r.available_at - now))
                         for r in itertools.islice(mine, per)

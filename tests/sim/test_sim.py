@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # About a minute on one core of the CI machine.
-SEEDS = int(os.environ.get("SIM_SEEDS", "120"))
+SEEDS = int(os.environ.get("SIM_SEEDS", "200"))
 
 # Each mutation, the invariant it must break, and the seeds run for it (first, how many): from
 # seed 1 when it is found within a few seeds, else the first seed that found it (a replay: the

@@ -52,15 +52,9 @@ class Actor:
     result: Any = None
 
 
-@dataclass(order=True)
-class _Entry:
-    at: float
-    tiebreak: float
-    seq: int
-    actor: Actor | None = field(compare=False)
-    ticket: int = field(compare=False)
-    call: Callable[[], None] | None = field(compare=False, default=None)
-    process: Process | None = field(compare=False, default=None)
+# A queue entry: (at, tiebreak, seq, actor, ticket, call, process).  A plain tuple, so the heap
+# compares it in C; seq is unique, so the comparison never reaches the actor.
+_Entry = tuple[float, float, int, "Actor | None", int, "Callable[[], None] | None", "Process | None"]
 
 
 class World:
@@ -78,6 +72,8 @@ class World:
         self.current: Actor | None = None
         self.steps = 0
         self.actors: list[Actor] = []
+        self._until = float("-inf")  # the bound of the current run()
+        self._same_time, self._last = 0, -1.0
 
     # --- actors -------------------------------------------------------------------------
 
@@ -102,8 +98,23 @@ class World:
     def pause(self, seconds: float) -> None:
         """The current actor waits ``seconds`` of simulated time; others may run meanwhile."""
         actor = self._me()
-        self._schedule(actor, self.now + max(0.0, seconds))
-        self._hub.switch()
+        when = self.now + max(0.0, seconds)
+        queue = self._queue
+        if (
+            when > self.now
+            and when <= self._until
+            and (not queue or queue[0][0] > when)
+            and actor.process.frozen_until <= when
+        ):
+            # Nothing else is due before this actor wakes: the scheduler would pop its entry next,
+            # so step time here.  The same draws as a scheduled entry, so seeds replay as before.
+            actor.ticket += 1
+            self.rng.random()
+            next(self._seq)
+            self._step(when)
+        else:
+            self._schedule(actor, when)
+            self._hub.switch()
         if actor.process.killed:
             raise Killed
 
@@ -129,7 +140,7 @@ class World:
         """Run ``call`` at simulated time ``when`` (a timer: an event of the network or a broker).
         A timer of a frozen process waits for the thaw; one of a killed process never runs."""
         tiebreak = self.rng.random()
-        heapq.heappush(self._queue, _Entry(when, tiebreak, next(self._seq), None, 0, call, process))
+        heapq.heappush(self._queue, (when, tiebreak, next(self._seq), None, 0, call, process))
 
     def _me(self) -> Actor:
         if self.current is None:
@@ -139,7 +150,7 @@ class World:
     def _schedule(self, actor: Actor, when: float) -> None:
         actor.ticket += 1
         tiebreak = self.rng.random()
-        heapq.heappush(self._queue, _Entry(when, tiebreak, next(self._seq), actor, actor.ticket))
+        heapq.heappush(self._queue, (when, tiebreak, next(self._seq), actor, actor.ticket, None, None))
 
     # --- faults -------------------------------------------------------------------------
 
@@ -153,9 +164,8 @@ class World:
         if process.frozen_until > self.now:
             process.frozen_until = self.now
         parked, process.parked = process.parked, []
-        for entry in parked:
-            entry.at, entry.seq = self.now, next(self._seq)
-            heapq.heappush(self._queue, entry)
+        for _, tiebreak, _, actor, ticket, call, owner in parked:
+            heapq.heappush(self._queue, (self.now, tiebreak, next(self._seq), actor, ticket, call, owner))
 
     def kill(self, process: Process) -> None:
         process.killed = True
@@ -164,36 +174,42 @@ class World:
 
     def run(self, until: float) -> None:
         """Step actors and timers in time order until ``until`` or nothing is left to run."""
-        same_time, last = 0, -1.0
-        while self._queue:
-            entry = self._queue[0]
-            if entry.at > until:
+        self._until = until
+        queue = self._queue
+        while queue:
+            entry = queue[0]
+            at, _, _, actor, ticket, call, process = entry
+            if at > until:
                 break
-            heapq.heappop(self._queue)
-            process = entry.actor.process if entry.actor is not None else entry.process
-            if entry.actor is not None and (entry.ticket != entry.actor.ticket or entry.actor.done):
-                continue
-            if process is not None and process.frozen_until > entry.at and not process.killed:
+            heapq.heappop(queue)
+            if actor is not None:
+                if ticket != actor.ticket or actor.done:
+                    continue
+                process = actor.process
+            if process is not None and process.frozen_until > at and not process.killed:
                 process.parked.append(entry)  # frozen: it runs when the process thaws
                 continue
-            self.now = max(self.now, entry.at)
-            self.steps += 1
-            same_time = same_time + 1 if self.now == last else 0
-            last = self.now
-            if same_time > self.MAX_STEPS_AT_ONE_TIME:
-                raise Hung(f"no progress in simulated time at t={self.now:.3f}")
-            if entry.call is not None:
+            self._step(at)
+            if call is not None:
                 if process is None or not process.killed:
-                    entry.call()
+                    call()
                 continue
-            actor = entry.actor
             assert actor is not None
             self.current = actor
             try:
                 actor.glet.switch()
             finally:
                 self.current = None
-        self.now = max(self.now, until) if not self._queue else self.now
+        self._until = float("-inf")
+        self.now = max(self.now, until) if not queue else self.now
+
+    def _step(self, at: float) -> None:
+        self.now = max(self.now, at)
+        self.steps += 1
+        self._same_time = self._same_time + 1 if self.now == self._last else 0
+        self._last = self.now
+        if self._same_time > self.MAX_STEPS_AT_ONE_TIME:
+            raise Hung(f"no progress in simulated time at t={self.now:.3f}")
 
     def alive(self, actor: Actor) -> bool:
         return not actor.done
