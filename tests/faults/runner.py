@@ -51,6 +51,7 @@ from typing import Any
 
 import boto3
 import pymysql
+from kafka import errors as kafka_errors
 
 from outbox_relay.kafka_tools import ensure_topics, read_topics
 from outbox_relay.migrate import apply, discover
@@ -90,6 +91,21 @@ hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
 with open(sys.argv[4], "w") as out:
     json.dump({"summary": summary, "peak_rss_mb": hwm / 1024}, out)
 """
+
+
+def _create_topic(name: str, partitions: int, configs: dict[str, str] | None = None) -> None:
+    """Create a topic, waiting out a broker slow to give it a leader: kafka-python's admin waits
+    10 s for the new topic's metadata, and twice on 2026-12-03 that was not enough (right after
+    the stack started on a loaded machine, and after the runner's broker restart)."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            ensure_topics([support.KAFKA], [name], partitions=partitions, configs=configs)
+            return
+        except kafka_errors.KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 @dataclass
@@ -172,11 +188,9 @@ class Run:
             with conn.cursor() as cur:
                 cur.execute("CREATE TABLE aggregates (id VARCHAR(64) PRIMARY KEY, version BIGINT NOT NULL)")
                 cur.executemany("INSERT INTO aggregates VALUES (%s, 0)", [(f"acct-{n}",) for n in range(60)])
-        ensure_topics([support.KAFKA], [f"{self.prefix}.acct"], partitions=3)
+        _create_topic(f"{self.prefix}.acct", partitions=3)
         # A topic whose broker-side limit is below the producer's: the broker rejects, not us.
-        ensure_topics(
-            [support.KAFKA], [f"{self.prefix}.blob"], partitions=1, configs={"max.message.bytes": "2000"}
-        )
+        _create_topic(f"{self.prefix}.blob", partitions=1, configs={"max.message.bytes": "2000"})
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -412,7 +426,7 @@ class Run:
         support.stack("up", "kafka")  # idempotent: it is up unless the last fault just killed it
         # Events for a missing topic are held back (a per-topic outage, never charged): the
         # operator creates the topic and they go out, in order, with the rest.
-        ensure_topics([support.KAFKA], [f"{self.prefix}.missing"], partitions=1)
+        _create_topic(f"{self.prefix}.missing", partitions=1)
         rounds = self.drain()
         starved = self.starved()
         verdict = self.verify()

@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from .mutations import MUTATIONS
-from .scenario import Report, run_seed
+from .scenario import PROFILES, Report, run_seed
 
 
-def _reports(seeds: Iterable[int], jobs: int, mutation: str | None) -> Iterator[Report]:
-    run = functools.partial(run_seed, mutation=mutation)
+def _reports(seeds: Iterable[int], jobs: int, mutation: str | None, profile: str | None) -> Iterator[Report]:
+    run = functools.partial(run_seed, mutation=mutation, profile=profile)
     if jobs <= 1:
         yield from map(run, seeds)
         return
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--stop-after", type=int, default=0, help="stop after this many failing seeds")
     parser.add_argument("--mutation", choices=sorted(MUTATIONS), help="put a known bug back first")
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="focus the swarm (scenario.PROFILES)")
     parser.add_argument("--jobs", type=int, default=1, help="processes to run seeds in (default 1)")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds: Counter[str] = Counter()
     rows = invocations = inversions = 0
     count = 0  # seeds run (fewer than asked with --stop-after)
-    for report in _reports(seeds, args.jobs, args.mutation):
+    for report in _reports(seeds, args.jobs, args.mutation, args.profile):
         seed = report.seed
         count += 1
         rows += report.rows

@@ -50,6 +50,12 @@ _OWN_FAULT = (
     kafka_errors.InvalidRecordError,
     kafka_errors.CorruptRecordError,
 )
+# Refusals after which kafka-python resets the producer's epoch (KIP-360).
+_EPOCH_RESETS = (
+    kafka_errors.OutOfOrderSequenceNumberError,
+    kafka_errors.UnknownProducerIdError,
+    kafka_errors.InvalidProducerEpochError,
+)
 BATCH_OVERHEAD = 70  # bytes of a record batch's header, roughly as kafka-python sizes them
 
 
@@ -110,6 +116,9 @@ class Cluster:
         # (process, event id) of a record the broker refused for its own content (too large,
         # invalid), putting the producer in its fatal state -> (when, invocation of the process).
         self.culprit_fatals: dict[tuple[str, str], list[tuple[float, int]]] = {}
+        # (process, invocation) in which Kafka itself failed a request of the process (an outage,
+        # a timeout, a leader moving, an epoch reset): isolation may stop there, by design.
+        self.faulted_runs: set[tuple[str, int]] = set()
         # The idempotence check: the next sequence number the broker expects per
         # (producer, epoch, topic, partition).
         self.expected: dict[tuple[int, int, str, int], int] = {}
@@ -277,6 +286,7 @@ class SimProducer:
         self._zombie: list[_Batch] | None = None
         # Bootstrap: the cluster must answer within bootstrap_timeout_ms.
         if not cluster.up():
+            cluster.faulted_runs.add((process.name, process.runs))
             self.world.pause(self.config.get("bootstrap_timeout_ms", 2000) / 1000)
             raise kafka_errors.KafkaTimeoutError("Bootstrap timed out")
         self.world.pause(self.world.rng.uniform(0.001, 0.005))
@@ -301,6 +311,7 @@ class SimProducer:
             max_block = self.config["max_block_ms"] / 1000
             state = self.cluster.topics.get(topic)
             if not self.cluster.up():
+                self.cluster.faulted_runs.add((self.process.name, self.process.runs))
                 world.pause(max_block)
                 raise kafka_errors.KafkaTimeoutError(f"Failed to update metadata after {max_block} secs.")
             world.pause(world.rng.uniform(0.001, 0.004))
@@ -480,6 +491,8 @@ class SimProducer:
             return
         assert isinstance(outcome, BaseException)
         error = type(outcome)
+        if getattr(outcome, "retriable", False) or error in _EPOCH_RESETS:
+            self.cluster.faulted_runs.add((self.process.name, self.process.runs))
         timeout = self.config["delivery_timeout_ms"] / 1000
         expired = self.world.now >= batch.created + timeout
         if error is kafka_errors.MessageSizeTooLargeError and len(batch.records) > 1 and not expired:
@@ -487,11 +500,7 @@ class SimProducer:
         elif getattr(outcome, "retriable", False) and not expired and batch.epoch == self._epoch:
             batch.state = "queued"  # retried (idempotent: a copy the broker kept is de-duplicated)
             self._wakeup(self.config.get("retry_backoff_ms", 100) / 1000)
-        elif error in (
-            kafka_errors.OutOfOrderSequenceNumberError,
-            kafka_errors.UnknownProducerIdError,
-            kafka_errors.InvalidProducerEpochError,
-        ):
+        elif error in _EPOCH_RESETS:
             # KIP-360: bump the epoch; every batch in flight now fails (some may land anyway).
             self._epoch += 1
             lost = [batch] + [b for b in self._batches if b is not batch and b.state == "inflight"]
