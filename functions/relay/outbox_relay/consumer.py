@@ -20,16 +20,24 @@ redrive) still counts once.
 
 The ``id`` header is validated, never truncated: 1 to 36 bytes (the outbox column's size) of
 printable ASCII.  Anything else raises :class:`InvalidEventId` before anything is written.
+
+A long-running consumer outlives its connection (failover, idle timeout, a proxy, a restart):
+``process`` opens a fresh one through ``connect`` when the old one is gone, but only before an
+event's transaction begins.  When the answer to an event's COMMIT is lost, the event may or may
+not be recorded: :class:`CommitOutcomeUnknown` says so, and processing the record again settles
+it (skipped if the COMMIT landed, applied if not).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import pymysql
-from pymysql.constants import ER
+from pymysql.constants import CR, ER
 
 from .sql import ProcessedEventsSql
 
@@ -37,6 +45,15 @@ MAX_EVENT_ID = ProcessedEventsSql.EVENT_ID_BYTES
 MAX_SCOPE = ProcessedEventsSql.SCOPE_BYTES
 _PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*")
 _SHOWN = 48  # bytes of a refused id quoted in the error
+# The connection is gone (or its last answer never came); PyMySQL has closed its socket.
+_LOST = frozenset({CR.CR_SERVER_GONE_ERROR, CR.CR_SERVER_LOST, CR.CR_SERVER_LOST_EXTENDED})
+# forget_older_than's bounds.  Ids younger than an hour are never forgotten: a relay lease
+# takeover, a consumer rebalance or a quick redrive can deliver an event again within minutes,
+# and a forgotten id is applied twice.  Ten years is the relay's own longest retention.  A
+# batch is one transaction: a huge one holds its locks long.
+MIN_FORGET_SECONDS = 3600
+MAX_FORGET_SECONDS = 10 * 365 * 86_400
+MAX_FORGET_BATCH = 100_000
 
 
 class EventRecord(Protocol):
@@ -71,6 +88,30 @@ class MissingEventId(EventIdError):
 class InvalidEventId(EventIdError):
     """The ``id`` header is not 1 to 36 printable ASCII characters (or is repeated): keyed as it
     is, it could be cut or mangled by the database and collide with another event's id."""
+
+
+class CommitOutcomeUnknown(Exception):
+    """The COMMIT of an event's transaction was sent but its answer was lost (the connection
+    dropped): the event and ``apply``'s changes may or may not be recorded.  Do not commit the
+    record's Kafka offset; process the record again (``process`` then skips it if the COMMIT
+    landed, and applies it if not).  ``__cause__`` is the driver's error."""
+
+    def __init__(self, record: EventRecord, scope: str, event_id: str) -> None:
+        self.topic, self.partition, self.offset = record.topic, record.partition, record.offset
+        self.scope, self.event_id = scope, event_id
+        super().__init__(
+            f"{record.topic}[{record.partition}]@{record.offset} (scope {scope!r}, id {event_id!r}):"
+            " the connection was lost during COMMIT, outcome unknown: the event may have been"
+            " recorded; process it again before committing its offset"
+        )
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection is gone: InterfaceError is PyMySQL's error for a
+    connection it had already closed."""
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return True
+    return isinstance(exc, pymysql.err.OperationalError) and bool(exc.args) and exc.args[0] in _LOST
 
 
 def _printable(raw: bytes, limit: int) -> str | None:
@@ -132,9 +173,53 @@ class IdempotentConsumer:
 
     def connection(self) -> Any:
         if self._conn is None:
-            self._conn = self._connect()
-            self._conn.autocommit(False)
+            conn = self._connect()
+            conn.autocommit(False)
+            self._conn = conn
         return self._conn
+
+    def _begin(self) -> Any:
+        """A connection with a transaction begun.  One found gone at BEGIN (no event is in
+        flight on it) is replaced once by a fresh one from ``connect``, whose errors propagate;
+        the next call starts over."""
+        stale = self._conn is not None
+        try:
+            return self._begun(self.connection())
+        except Exception as exc:
+            if not (stale and _lost(exc)):
+                raise
+            return self._begun(self.connection())  # raised here, it shows the first as context
+
+    def _begun(self, conn: Any) -> Any:
+        try:
+            conn.begin()
+        except Exception as exc:
+            if _lost(exc):
+                self._discard()
+            raise
+        return conn
+
+    def _discard(self) -> None:
+        """Drop the connection without waiting on the server (it may be gone); closing it makes
+        the server roll back whatever was left open on it."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already closed, or the socket is gone
+                conn.close()
+
+    def _roll_back(self, error: BaseException) -> None:
+        """Roll back after ``error`` without ever hiding it: a connection that cannot roll back
+        is discarded.  So is one interrupted by a KeyboardInterrupt and the like, which can
+        leave an answer unread: its next command would read that answer as its own."""
+        if self._conn is None:
+            return
+        if not isinstance(error, Exception):
+            self._discard()
+            return
+        try:
+            self._conn.rollback()
+        except Exception:
+            self._discard()
 
     def ensure_table(self) -> None:
         """Create the table; upgrade one made by an older version (key ``event_id`` alone) to
@@ -179,11 +264,13 @@ class IdempotentConsumer:
         """Run ``apply(conn, record)`` and record the event, in one transaction; skip it (and
         return False) when the event was processed before.  ``apply`` must not commit.
 
-        Raises :class:`EventIdError` (nothing written) when the record has no usable ``id``."""
+        A connection found gone when the transaction begins is replaced by a fresh one from
+        ``connect``; once begun, an event is never retried here.  Raises :class:`EventIdError`
+        (nothing written) when the record has no usable ``id``, :class:`CommitOutcomeUnknown`
+        when the COMMIT's answer was lost; any other error after a rollback."""
         event_id = event_id_of(record)  # both validated before anything is written
         scope = self.scope_of(record)
-        conn = self.connection()
-        conn.begin()
+        conn = self._begin()
         try:
             row = (scope, event_id, record.topic, record.partition, record.offset)
             try:
@@ -195,20 +282,46 @@ class IdempotentConsumer:
                 conn.rollback()
                 return False
             apply(conn, record)
-            conn.commit()
-            return True
-        except BaseException:
-            conn.rollback()
+        except BaseException as exc:
+            self._roll_back(exc)
             raise
-
-    def forget_older_than(self, seconds: int, batch: int = 1000) -> int:
-        """Trim the table (keep it longer than any redelivery you expect); returns rows deleted."""
-        total = 0
-        conn = self.connection()
-        while True:
-            with conn.cursor() as cur:
-                deleted = int(cur.execute(self.sql.forget_older_than, (seconds, batch)))
+        try:
             conn.commit()
+        except BaseException as exc:
+            self._roll_back(exc)
+            if _lost(exc):
+                raise CommitOutcomeUnknown(record, scope, event_id) from exc
+            raise
+        return True
+
+    def forget_older_than(self, seconds: float, batch: int = 1000) -> int:
+        """Trim the table (keep it longer than any redelivery you expect); returns rows deleted.
+
+        ``seconds`` is :data:`MIN_FORGET_SECONDS` (an hour) to :data:`MAX_FORGET_SECONDS`,
+        ``batch`` 1 to :data:`MAX_FORGET_BATCH` rows per transaction; anything else raises
+        before the database is touched.  The cutoff is read once: ids recorded during the call
+        are never due, so it ends.  A connection found gone between batches is replaced (a
+        batch is a plain DELETE: running it again is harmless)."""
+        _check_forget(seconds, batch)
+        conn = self._begin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.forget_cutoff, (seconds,))
+                (cutoff,) = cur.fetchone()
+            conn.commit()
+        except BaseException as exc:
+            self._roll_back(exc)
+            raise
+        total = 0
+        while True:
+            conn = self._begin()
+            try:
+                with conn.cursor() as cur:
+                    deleted = int(cur.execute(self.sql.forget_older_than, (cutoff, batch)))
+                conn.commit()
+            except BaseException as exc:
+                self._roll_back(exc)
+                raise
             total += deleted
             if deleted < batch:
                 return total
@@ -217,6 +330,19 @@ class IdempotentConsumer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _check_forget(seconds: object, batch: object) -> None:
+    # bool is an int: forget_older_than(True) is a mistake, not one second.
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"forget_older_than: seconds must be a number, not {type(seconds).__name__}")
+    if not (math.isfinite(seconds) and MIN_FORGET_SECONDS <= seconds <= MAX_FORGET_SECONDS):
+        bounds = f"{MIN_FORGET_SECONDS} to {MAX_FORGET_SECONDS}"
+        raise ValueError(f"forget_older_than: seconds must be {bounds}, not {seconds!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise TypeError(f"forget_older_than: batch must be an int, not {type(batch).__name__}")
+    if not 1 <= batch <= MAX_FORGET_BATCH:
+        raise ValueError(f"forget_older_than: batch must be 1 to {MAX_FORGET_BATCH}, not {batch!r}")
 
 
 def _text(value: object) -> str:

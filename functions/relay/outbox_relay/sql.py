@@ -435,11 +435,15 @@ class ProcessedEventsSql:
         )
 
     @property
+    def forget_cutoff(self) -> str:
+        """Parameter: an age in seconds.  The instant before which ids are forgotten, read once
+        per trim so that its batches have a fixed goal (ids recorded meanwhile are never due)."""
+        return "SELECT UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
+
+    @property
     def forget_older_than(self) -> str:
-        return (
-            f"DELETE FROM `{self.table}` WHERE processed_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
-            " ORDER BY processed_at LIMIT %s"
-        )
+        """Parameters: the cutoff (from ``forget_cutoff``), a batch size."""
+        return f"DELETE FROM `{self.table}` WHERE processed_at < %s ORDER BY processed_at LIMIT %s"
 
     # --- upgrading a table made by the first layout: event_id CHAR(36) ascii PRIMARY KEY --
     # Each step is idempotent, so an upgrade cut off half-way (DDL is not transactional)
