@@ -119,6 +119,7 @@ def test_writer_and_consumer_helpers_work_without_relay_deps(app_venv: Path) -> 
                 return 1
 
         class Conn:  # enough of a PyMySQL connection for the two helpers, no database
+            charset = "utf8mb4"
             def __init__(self, autocommit=False):
                 self._autocommit, self.executed, self.claimed, self.commits = autocommit, [], set(), 0
             def get_autocommit(self): return self._autocommit

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pymysql
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -78,11 +79,15 @@ def test_writer_adds_the_event_in_the_callers_transaction(
         ({"topic": "bad topic"}, "topic 'bad topic' is not a legal Kafka topic name"),
         ({"headers": {"id": "x"}}, "header 'id' is reserved"),
         ({"event_id": "42"}, "event_id '42' is not a UUID"),
-        ({"payload": "x" * 10, "max_payload_bytes": 5}, "payload is not valid JSON"),
+        ({"payload": "x" * 10, "max_payload_bytes": 5}, "payload is 10 bytes, over the 5-byte limit"),
         (
             {"payload": [1] * 600, "max_payload_bytes": 1024},
             "payload is 1201 bytes, over the 1024-byte limit",
         ),
+        ({"aggregate_type": "order v2"}, "topic 'outbox.event.order v2' (made by topic_template"),
+        ({"aggregate_type": "x" * 255}, "is not a legal Kafka topic name"),
+        ({"aggregate_id": "o-\ud83d"}, "aggregate_id is not valid UTF-8"),
+        ({"payload": {1: "a", "1": "b"}}, "payload has the key '1' twice"),
     ],
 )
 def test_writer_refuses_what_the_relay_would_dead_letter(
@@ -101,6 +106,30 @@ def test_writer_refuses_what_the_relay_would_dead_letter(
     conn.commit()
     conn.close()
     assert database.status_counts() == {}
+
+
+def test_writer_refuses_a_connection_that_is_not_utf8mb4(database: support.Database) -> None:
+    emoji = "o-\U0001f600"
+    for charset in ("utf8", "utf8mb3"):
+        conn = pymysql.connect(
+            host=support.DB_HOST,
+            port=support.DB_PORT,
+            user=support.DB_USER,
+            password=support.DB_PASSWORD,
+            database=database.name,
+            autocommit=False,
+            charset=charset,
+        )
+        with pytest.raises(OutboxWriteError, match=f"character set is '{charset}', not 'utf8mb4'"):
+            add_event(conn, "order", emoji, "E", {})
+        conn.commit()
+        conn.close()
+    assert database.status_counts() == {}
+    conn = _txn(database)  # utf8mb4: the key is stored as given
+    add_event(conn, "order", emoji, "E", {})
+    conn.commit()
+    conn.close()
+    assert [r["aggregate_id"] for r in database.rows()] == [emoji]
 
 
 def test_writer_refuses_an_autocommit_connection(database: support.Database) -> None:

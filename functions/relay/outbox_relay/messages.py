@@ -32,9 +32,14 @@ def legal_topic(name: str) -> bool:
 
 def topic_for(record: OutboxRecord, template: str) -> str:
     """The row's explicit ``topic``, else the template (default ``outbox.event.{aggregate_type}``)."""
-    if record.topic:
-        return record.topic
-    return template.format(aggregate_type=record.aggregate_type, event_type=record.event_type)
+    return route(record.topic, record.aggregate_type, record.event_type, template)
+
+
+def route(topic: str | None, aggregate_type: str, event_type: str, template: str) -> str:
+    """:func:`topic_for` from the columns (the writer's helper routes a row before writing it)."""
+    if topic:
+        return topic
+    return template.format(aggregate_type=aggregate_type, event_type=event_type)
 
 
 def encode(record: OutboxRecord, settings: RelaySettings) -> Message:
