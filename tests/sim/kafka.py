@@ -315,6 +315,10 @@ class SimProducer:
                 world.pause(max_block)
                 raise kafka_errors.KafkaTimeoutError(f"Failed to update metadata after {max_block} secs.")
             world.pause(world.rng.uniform(0.001, 0.004))
+            if not self.cluster.up():  # it went down before answering
+                self.cluster.faulted_runs.add((self.process.name, self.process.runs))
+                world.pause(max_block)
+                raise kafka_errors.KafkaTimeoutError(f"Failed to update metadata after {max_block} secs.")
             self._metadata._last_successful_refresh_ms = world.now * 1000
             if state is None or not state.exists:
                 world.pause(max_block)
