@@ -225,6 +225,16 @@ class Delivered:
         )
 
 
+@dataclass(frozen=True)
+class ConsumerRecord:
+    """What the consumer helper reads of a kafka-python ``ConsumerRecord``."""
+
+    topic: str
+    partition: int
+    offset: int
+    headers: Sequence[tuple[str, bytes | None]]
+
+
 # --- a TCP proxy in front of a dependency that is slow, or hangs -----------------------------
 
 

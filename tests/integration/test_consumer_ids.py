@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import pymysql
@@ -36,12 +35,7 @@ OLD_CLAIM = (
 )
 
 
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    headers: Sequence[tuple[str, bytes | None]]
+Record = support.ConsumerRecord
 
 
 def record(raw: bytes, topic: str = TOPICS[0], offset: int = 0) -> Record:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import pymysql
@@ -17,13 +16,7 @@ import pytest
 from outbox_relay.consumer import CommitOutcomeUnknown, IdempotentConsumer
 from tests import support
 
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    headers: Sequence[tuple[str, bytes | None]]
+Record = support.ConsumerRecord
 
 
 def record(offset: int) -> Record:

@@ -123,6 +123,10 @@ class Cluster:
         # (producer, epoch, topic, partition).
         self.expected: dict[tuple[int, int, str, int], int] = {}
 
+    def fault(self, process: Process) -> None:
+        """Kafka itself failed a request of ``process`` in its current invocation."""
+        self.faulted_runs.add((process.name, process.runs))
+
     def up(self) -> bool:
         now = self.world.now
         return self.quiet or not any(a <= now < b for a, b in self.faults.outages)
@@ -286,7 +290,7 @@ class SimProducer:
         self._zombie: list[_Batch] | None = None
         # Bootstrap: the cluster must answer within bootstrap_timeout_ms.
         if not cluster.up():
-            cluster.faulted_runs.add((process.name, process.runs))
+            cluster.fault(process)
             self.world.pause(self.config.get("bootstrap_timeout_ms", 2000) / 1000)
             raise kafka_errors.KafkaTimeoutError("Bootstrap timed out")
         self.world.pause(self.world.rng.uniform(0.001, 0.005))
@@ -311,12 +315,12 @@ class SimProducer:
             max_block = self.config["max_block_ms"] / 1000
             state = self.cluster.topics.get(topic)
             if not self.cluster.up():
-                self.cluster.faulted_runs.add((self.process.name, self.process.runs))
+                self.cluster.fault(self.process)
                 world.pause(max_block)
                 raise kafka_errors.KafkaTimeoutError(f"Failed to update metadata after {max_block} secs.")
             world.pause(world.rng.uniform(0.001, 0.004))
             if not self.cluster.up():  # it went down before answering
-                self.cluster.faulted_runs.add((self.process.name, self.process.runs))
+                self.cluster.fault(self.process)
                 world.pause(max_block)
                 raise kafka_errors.KafkaTimeoutError(f"Failed to update metadata after {max_block} secs.")
             self._metadata._last_successful_refresh_ms = world.now * 1000
@@ -496,7 +500,7 @@ class SimProducer:
         assert isinstance(outcome, BaseException)
         error = type(outcome)
         if getattr(outcome, "retriable", False) or error in _EPOCH_RESETS:
-            self.cluster.faulted_runs.add((self.process.name, self.process.runs))
+            self.cluster.fault(self.process)
         timeout = self.config["delivery_timeout_ms"] / 1000
         expired = self.world.now >= batch.created + timeout
         if error is kafka_errors.MessageSizeTooLargeError and len(batch.records) > 1 and not expired:

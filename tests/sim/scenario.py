@@ -437,7 +437,7 @@ class Sim:
 
     def _scheduler(self) -> None:
         world, rng = self.world, self.world.rng
-        pending: list[int] = []  # PENDING rows after each quiet run
+        pending: list[int] = []  # rows still owed (_undone) after each quiet run
         while world.now < NOISY_SECONDS + QUIET_RUNS * SCHEDULE_SECONDS or self._draining(pending):
             self.invoke(rng.choice([10.0, 30.0, 60.0]))
             world.pause(SCHEDULE_SECONDS)
@@ -739,8 +739,7 @@ def _isolation_profile(sim: Sim, rng: random.Random) -> None:
     one aggregate (their batches are then created seconds apart, so one can expire while the
     other is still pending when another record's fatal error aborts it: finding 7's interleaving).
     A delivery timeout of one request timeout makes expiries common (any slow or lost answer is
-    one); no kills or freezes (they
-    cut passes short; the default swarm has them)."""
+    one); no kills or freezes (they cut passes short; the default swarm has them)."""
     sim.swarm.update(
         kills=False,
         freezes=False,
