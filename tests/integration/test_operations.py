@@ -101,7 +101,7 @@ def test_redrive_waits_for_a_running_relay_and_changes_nothing_when_it_cannot(
         " lease_until = UTC_TIMESTAMP(6) + INTERVAL 60 SECOND"
     )
 
-    assert _run_cli(relay_env, monkeypatch, "redrive", "--ids", "1", "--wait", "0.5") == 2
+    assert _run_cli(relay_env, monkeypatch, "redrive", "--ids", "1", "--wait", "0.5") == 3
 
     assert (
         "stayed leased by a running relay for 0.5s; try again (nothing was changed)"
@@ -247,11 +247,11 @@ def test_purge_shows_first_then_deletes_dead_rows_and_their_dead_letters(
     assert invoke()["dead_lettered"] == 1
     (dead_id,) = [r["id"] for r in database.rows() if r["status"] == "DEAD"]
 
-    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", str(dead_id)) == 1
+    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", str(dead_id)) == 3
     assert "1 DEAD row(s) would be deleted; nothing was deleted (add --yes)" in capsys.readouterr().out
     assert database.status_counts() == {"DEAD": 1, "PUBLISHED": 1}
 
-    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", "999") == 2
+    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", "999") == 3
     assert "not DEAD (or not found): ids 999; nothing was deleted" in capsys.readouterr().err
 
     assert _run_cli(relay_env, monkeypatch, "purge", "--ids", str(dead_id), "--dlq", "--yes") == 0

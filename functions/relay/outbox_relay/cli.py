@@ -5,8 +5,9 @@
     janitor   delete old PUBLISHED / DEAD rows       redrive   DEAD rows (or DLQ messages) back
     purge     delete DEAD rows (and their dead letters)   topics    create or read topics
 
-Reads the same environment variables as the Lambda function.  Errors are one line on stderr and
-exit status 2; nothing is half-applied.
+Reads the same environment variables as the Lambda function.  Errors are one line on stderr.
+Exit status: 0 done, 1 failed (a dependency; the message says what was done), 2 usage (a bad
+option or setting), 3 refused or only previewed (nothing was changed), 4 nothing to do.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cli_dead, cli_schema
-from .cli_common import CommandError, relay_runtime, table
+from .cli_common import FAILED, REFUSED, USAGE, CommandError, CommandFailed, relay_runtime, table
 from .config import ConfigError
 from .migrate import MigrationError
 from .ports import NullMetrics
@@ -194,12 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except (ConfigError, MigrationError, AdminError, StoreUnavailable, CommandError) as exc:
+    except (MigrationError, AdminError, CommandError) as exc:
         print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:  # an unreadable file, an event file that is not JSON
+        return REFUSED
+    except (StoreUnavailable, CommandFailed) as exc:
         print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return FAILED
+    except (ConfigError, OSError, ValueError) as exc:  # a bad setting, an unreadable or bad event file
+        print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
+        return USAGE
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in RELAY_EXTRA_MODULES:
             raise
@@ -208,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "pip install 'outbox-relay[relay]'",
             file=sys.stderr,
         )
-        return 2
+        return USAGE
     return code
 
 

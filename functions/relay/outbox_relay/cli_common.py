@@ -4,14 +4,61 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import load_config
 
+# Exit statuses, distinct so that a script can tell them apart (README, "Exit codes").
+DONE = 0
+FAILED = 1  # a dependency failed or the command was cut short; the message says what was done
+USAGE = 2  # a bad option or setting (argparse's own status)
+REFUSED = 3  # refused, or only previewed: nothing was changed
+NOTHING_TO_DO = 4  # nothing matched: nothing was changed
+
+# Plain decimal numbers only: no `1_0`, `0x10`, `nan`, `inf` (which int() and float() accept).
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
 
 class CommandError(Exception):
-    """Refused before anything changed."""
+    """Refused before anything changed (exit status REFUSED)."""
+
+
+class CommandFailed(Exception):
+    """A dependency failed part-way (exit status FAILED); the message says what was done."""
+
+
+def integer(low: int, high: int) -> Callable[[str], int]:
+    """An option type: a plain decimal integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        if not _INTEGER.fullmatch(text.strip()):
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def seconds(low: float, high: float, *, above_low: bool = False) -> Callable[[str], float]:
+    """An option type: a finite plain decimal number of seconds in [low, high] (or (low, high])."""
+
+    def parse(text: str) -> float:
+        if not _DECIMAL.fullmatch(text.strip()):
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+        value = float(text)
+        if not (low < value if above_low else low <= value) or value > high:
+            bound = "above" if above_low else "from"
+            raise argparse.ArgumentTypeError(
+                f"expected a number of seconds {bound} {low:g} up to {high:g}, got {text!r}"
+            )
+        return value
+
+    return parse
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -37,11 +84,15 @@ def relay_runtime() -> Any:
     return runtime_for(load_config(os.environ))
 
 
+# The outbox id column is BIGINT UNSIGNED.
+MAX_OUTBOX_ID = 2**64 - 1
+
+
 def outbox_ids(text: str) -> list[int]:
-    try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated outbox ids, got {text!r}") from None
-    if not ids or any(i <= 0 for i in ids):
-        raise argparse.ArgumentTypeError(f"expected positive outbox ids, got {text!r}")
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(_INTEGER.fullmatch(part) for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated outbox ids, got {text!r}")
+    ids = sorted({int(part) for part in parts})
+    if ids[0] <= 0 or ids[-1] > MAX_OUTBOX_ID:
+        raise argparse.ArgumentTypeError(f"expected outbox ids from 1 to {MAX_OUTBOX_ID}, got {text!r}")
     return ids

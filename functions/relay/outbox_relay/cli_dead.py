@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .cli_common import CommandError, outbox_ids, relay_runtime, table
+from .cli_common import REFUSED, CommandError, outbox_ids, relay_runtime, table
 from .rowtext import shown
 
 
@@ -63,7 +63,7 @@ def _purge(args: argparse.Namespace) -> int:
         print(f"... and {len(rows) - 50} more")
     if not args.yes:
         print(f"\n{len(rows)} DEAD row(s) would be deleted; nothing was deleted (add --yes)")
-        return 1
+        return REFUSED
     deleted = admin.purge_dead([r.id for r in rows])
     print(f"deleted {deleted} DEAD row(s)")
     if args.dlq:
