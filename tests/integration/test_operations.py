@@ -43,7 +43,7 @@ def test_redrive_from_the_dlq_puts_the_event_back_before_its_aggregates_later_ev
     assert _run_cli(relay_env, monkeypatch, "redrive", "--from-dlq") == 0
     out = capsys.readouterr().out
     assert "redrove 1 event(s) of 1 aggregate(s); 3 later event(s)" in out
-    assert "deleted 1 redriven message(s) from the dead-letter queue" in out
+    assert "deleted 1 letter(s) from the dead-letter queue (their rows redriven, or stale)" in out
     assert dlq.messages() == []
     second = invoke()
     assert second["published"] == 4 and second["pending"] == 0, second
@@ -103,11 +103,12 @@ def test_redrive_waits_for_a_running_relay_and_changes_nothing_when_it_cannot(
 
     assert _run_cli(relay_env, monkeypatch, "redrive", "--ids", "1", "--wait", "0.5") == 3
 
-    assert (
-        "stayed leased by a running relay for 0.5s; try again (nothing was changed)"
-        in capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "still leased after waiting 0.5s (shard " in err and " by busy-relay for " in err, err
+    assert "nothing was changed" in err
     assert database.status_counts() == {"DEAD": 1}
+    # The shards it did take are given back: only the relay's leases remain.
+    assert database.query("SELECT COUNT(*) FROM outbox_shard WHERE lease_owner LIKE 'operator %%'") == [(0,)]
 
 
 def test_retention_purges_old_rows_in_batches_while_writers_insert_and_never_touches_pending(
@@ -248,7 +249,10 @@ def test_purge_shows_first_then_deletes_dead_rows_and_their_dead_letters(
     (dead_id,) = [r["id"] for r in database.rows() if r["status"] == "DEAD"]
 
     assert _run_cli(relay_env, monkeypatch, "purge", "--ids", str(dead_id)) == 3
-    assert "1 DEAD row(s) would be deleted; nothing was deleted (add --yes)" in capsys.readouterr().out
+    assert (
+        f"1 DEAD row(s) would be deleted; nothing was deleted. To delete exactly these: "
+        f"outbox-relay purge --ids {dead_id} --yes" in capsys.readouterr().out
+    )
     assert database.status_counts() == {"DEAD": 1, "PUBLISHED": 1}
 
     assert _run_cli(relay_env, monkeypatch, "purge", "--ids", "999") == 3
@@ -257,7 +261,8 @@ def test_purge_shows_first_then_deletes_dead_rows_and_their_dead_letters(
     assert _run_cli(relay_env, monkeypatch, "purge", "--ids", str(dead_id), "--dlq", "--yes") == 0
     out = capsys.readouterr().out
     assert (
-        "deleted 1 DEAD row(s)" in out and "deleted 1 matching message(s) from the dead-letter queue" in out
+        "deleted 1 DEAD row(s)" in out
+        and "deleted 1 letter(s) from the dead-letter queue (of the rows to purge)" in out
     )
     assert database.status_counts() == {"PUBLISHED": 1}
     assert dlq.messages() == []

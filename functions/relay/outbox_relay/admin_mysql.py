@@ -1,4 +1,4 @@
-"""Operator work on the outbox: retention (the janitor), status, redrive and purge of DEAD rows.
+"""Operator work on the outbox: retention (the janitor) and status (DEAD rows: admin_dead.py).
 
 Every change is either one statement or one transaction: a failed command changes nothing, or
 (the janitor) stops between two committed batches.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +18,8 @@ from .config import RetentionSettings
 from .messages import topic_for
 from .model import BLOCKED_LISTED, OutboxRecord
 from .ports import StoreUnavailable
-from .rowtext import decode, decode_nullable, raw, shown
-from .store_mysql import MySQLOutboxStore, micros
+from .rowtext import decode, decode_nullable, shown
+from .store_mysql import MySQLOutboxStore
 
 log = logging.getLogger("outbox_relay")
 
@@ -100,28 +99,6 @@ class Status:
                 for head in self.blocked
             ],
         }
-
-
-@dataclass
-class RedriveReport:
-    redriven: int
-    republished: int
-    aggregates: int
-    # Aggregates whose later events may already be deleted by retention: those cannot be sent
-    # again after the redriven one, so consumers may see it after them.
-    order_at_risk: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": True, "action": "redrive", **self.__dict__}
-
-
-@dataclass(frozen=True)
-class DeadRow:
-    id: int
-    event_id: str
-    aggregate_type: str
-    aggregate_id: str
-    shard: int
 
 
 class OutboxAdmin:
@@ -238,131 +215,6 @@ class OutboxAdmin:
 
         return self.store.run(work, "status")
 
-    # --- DEAD rows: redrive and purge ----------------------------------------------------------
-
-    def dead_rows(self, ids: Sequence[int] = ()) -> list[DeadRow]:
-        def work(conn: pymysql.connections.Connection[Any]) -> list[DeadRow]:
-            with conn.cursor() as cur:
-                cur.execute(self.sql.dead_rows(len(ids)), list(ids))
-                return [_dead_row(r) for r in cur.fetchall()]
-
-        return self.store.run(work, "read DEAD rows")
-
-    def dead_rows_for_events(self, event_ids: Sequence[str]) -> list[DeadRow]:
-        def work(conn: pymysql.connections.Connection[Any]) -> list[DeadRow]:
-            found: list[DeadRow] = []
-            with conn.cursor() as cur:
-                for event_id in event_ids:
-                    cur.execute(self.sql.dead_rows_by_event_id, (raw(event_id),))
-                    found += [_dead_row(r) for r in cur.fetchall()]
-            return found
-
-        return self.store.run(work, "find DEAD rows")
-
-    def redrive(self, ids: Sequence[int], progress: Progress, wait_seconds: float = 10.0) -> RedriveReport:
-        """DEAD rows back to PENDING, in their old place; their aggregates' later PUBLISHED
-        events go out again after them, so every aggregate still ends in outbox order.
-
-        Holds the affected shards' leases while it writes, so no relay is mid-pass on those
-        aggregates; waits up to ``wait_seconds`` for running relays to give them back.
-        """
-        rows = self.dead_rows(ids)
-        missing = sorted(set(ids) - {r.id for r in rows})
-        if missing:
-            raise AdminError(
-                f"not DEAD (or not found): ids {', '.join(map(str, missing[:20]))}; nothing was changed"
-            )
-        if not rows:
-            return RedriveReport(0, 0, 0)
-        shards = sorted({r.shard for r in rows})
-        token = uuid.uuid4().bytes
-        progress(f"leasing {len(shards)} shard(s) so no relay publishes those aggregates meanwhile...")
-        self._lease(token, shards, wait_seconds)
-        try:
-            report = self._redrive_under_lease(token, shards, rows)
-        finally:
-            self.store.release(token, shards, 0.0)
-        progress(
-            f"redrove {report.redriven} event(s) of {report.aggregates} aggregate(s); "
-            f"{report.republished} later event(s) of those aggregates will be published again after them"
-        )
-        if report.order_at_risk:
-            progress(
-                f"warning: {len(report.order_at_risk)} aggregate(s) may have later events already deleted by "
-                f"retention ({', '.join(report.order_at_risk[:10])}): those cannot go out again after the "
-                "redriven event, so consumers may see it after them (compare `seq`)"
-            )
-        return report
-
-    def _lease(self, token: bytes, shards: list[int], wait_seconds: float) -> None:
-        give_up = time.monotonic() + wait_seconds
-        held: set[int] = set()
-        while True:
-            for shard in shards:
-                if shard not in held and self._execute(
-                    self.sql.acquire_shard, (token, "redrive", micros(max(30.0, wait_seconds * 3)), shard)
-                ):
-                    held.add(shard)
-            if len(held) == len(shards):
-                return
-            if time.monotonic() >= give_up:
-                self.store.release(token, sorted(held), 0.0)
-                busy = sorted(set(shards) - held)
-                raise AdminError(
-                    f"shard(s) {', '.join(map(str, busy))} stayed leased by a running relay for "
-                    f"{wait_seconds:g}s; try again (nothing was changed)"
-                )
-            time.sleep(0.2)
-
-    def _redrive_under_lease(self, token: bytes, shards: list[int], rows: list[DeadRow]) -> RedriveReport:
-        first: dict[tuple[str, str], DeadRow] = {}
-        for row in rows:  # rows are in id order: the first per aggregate is its earliest
-            first.setdefault((row.aggregate_type, row.aggregate_id), row)
-
-        def work(conn: pymysql.connections.Connection[Any]) -> RedriveReport:
-            conn.begin()
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(self.sql.lock_shards(len(shards)), shards)
-                    if any(held != token for _, held in cur.fetchall()):
-                        conn.rollback()
-                        raise AdminError("lost the shard lease while redriving; nothing was changed")
-                    # Before the redrive clears dead_at: how long ago each aggregate's row died.
-                    at_risk = [
-                        shown(f"{row.aggregate_type}/{row.aggregate_id}")
-                        for row in first.values()
-                        if self._later_events_may_be_gone(cur, row)
-                    ]
-                    redriven = cur.execute(self.sql.redrive_dead(len(rows)), [r.id for r in rows])
-                    republished = 0
-                    for row in first.values():
-                        republished += cur.execute(
-                            self.sql.republish_after,
-                            (row.shard, row.id, raw(row.aggregate_type), raw(row.aggregate_id)),
-                        )
-                conn.commit()
-            except BaseException:
-                self.store.rollback()
-                raise
-            return RedriveReport(redriven, republished, len(first), at_risk)
-
-        return self.store.run(work, "redrive")
-
-    def _later_events_may_be_gone(self, cur: Any, row: DeadRow) -> bool:
-        """Later events of the aggregate went out after this one went DEAD (head-of-line), so the
-        janitor may have deleted them once ``dead_at`` is older than the published retention;
-        with retention 0 every published event is deleted at once."""
-        if self.retention.published_seconds == 0:
-            return True
-        cur.execute(self.sql.dead_before, (row.id, self.retention.published_seconds))
-        return bool(cur.fetchone())
-
-    def purge_dead(self, ids: Sequence[int]) -> int:
-        """Delete DEAD rows (after their dead letters were dealt with); one statement."""
-        if not ids:
-            return 0
-        return self._execute(self.sql.purge_dead_ids(len(ids)), list(ids))
-
     def _execute(self, statement: str, params: Sequence[Any]) -> int:
         def work(conn: pymysql.connections.Connection[Any]) -> int:
             with conn.cursor() as cur:
@@ -372,12 +224,6 @@ class OutboxAdmin:
             return self.store.run(work, statement.split(" ", 1)[0].lower())
         except StoreUnavailable as exc:
             raise AdminError(str(exc)) from exc
-
-
-def _dead_row(r: Sequence[Any]) -> DeadRow:
-    """A row of sql.DEAD_ROW_COLUMNS: its text as read (losslessly, rowtext.py), so that the keys
-    given back to SQL are the bytes stored."""
-    return DeadRow(int(r[0]), decode(r[1]), decode(r[2]), decode(r[3]), int(r[4]))
 
 
 def _route_probe(aggregate_type: str, event_type: str) -> OutboxRecord:

@@ -189,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .admin_dead import Interrupted
     from .admin_mysql import AdminError
     from .ports import StoreUnavailable
 
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MigrationError, AdminError, CommandError) as exc:
         print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
         return REFUSED
-    except (StoreUnavailable, CommandFailed) as exc:
+    except (StoreUnavailable, CommandFailed, Interrupted) as exc:
         print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
         return FAILED
     except (ConfigError, OSError, ValueError) as exc:  # a bad setting, an unreadable or bad event file

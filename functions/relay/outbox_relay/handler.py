@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
+from .admin_dead import DeadRowsAdmin, Interrupted
 from .admin_mysql import AdminError
 from .config import Config, ConfigError, load_config
 from .invocation import Invocation, InvocationError, parse_invocation, with_overrides
@@ -32,6 +33,9 @@ from .metrics_emf import EmfMetrics
 from .ports import MetricName, StoreUnavailable
 from .runtime import Runtime, runtime_for
 
+# How long a redrive invocation waits for running relays to give the shards back (a relay holds
+# them for its whole run: a scheduled run that is just starting is not waited out).
+REDRIVE_WAIT_SECONDS = 10.0
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "outbox-relay")
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OutboxRelay"), service=SERVICE)
@@ -108,11 +112,25 @@ def handle(event: Any, context: Context, env: Mapping[str, str], only: str | Non
         if invocation.action == "status":
             result = admin.status().as_dict()
         else:
-            result = admin.redrive(invocation.ids, progress=logger.info).as_dict()
-    except (AdminError, StoreUnavailable) as exc:
+            result = (
+                DeadRowsAdmin(admin.store, admin.retention)
+                .redrive_ids(invocation.ids, logger.info, _before(deadline), REDRIVE_WAIT_SECONDS)
+                .as_dict()
+            )
+    except (AdminError, StoreUnavailable, Interrupted) as exc:
         return _failed(f"{invocation.action}: {exc}", MetricName.OPERATOR_ACTIONS_FAILED)
     logger.info(f"{invocation.action} finished", extra={"result": result})
     return result
+
+
+def _before(deadline: float) -> Callable[[], None]:
+    """A redrive's checkpoint: stop between two batches once the run's time is nearly out."""
+
+    def checkpoint() -> None:
+        if time.monotonic() > deadline - 1.0:
+            raise Interrupted("stopped between two batches at the deadline; invoke again to finish")
+
+    return checkpoint
 
 
 def _janitor(runtime: Runtime, config: Config, deadline: float, scheduled: bool) -> dict[str, Any]:

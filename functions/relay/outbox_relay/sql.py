@@ -328,13 +328,27 @@ class OutboxSql:
         )
 
     def dead_rows(self, ids: int) -> str:
-        """DEAD rows by id; ``ids`` = 0 lists them all (oldest first)."""
-        where = f" AND id IN ({_marks(ids)})" if ids else ""
-        return f"SELECT {DEAD_ROW_COLUMNS} FROM `{self.table}` WHERE status = 'DEAD'{where} ORDER BY id"
+        """DEAD rows by id, in id order."""
+        return (
+            f"SELECT {DEAD_ROW_COLUMNS} FROM `{self.table}` WHERE status = 'DEAD' AND id IN ({_marks(ids)})"
+            " ORDER BY id"
+        )
 
     @property
-    def dead_rows_by_event_id(self) -> str:
-        return f"SELECT {DEAD_ROW_COLUMNS} FROM `{self.table}` WHERE status = 'DEAD' AND event_id = %s"
+    def dead_rows_up_to(self) -> str:
+        """Every DEAD row up to an id, in id order (the shard index: no published row is read)."""
+        return f"SELECT {DEAD_ROW_COLUMNS} FROM `{self.table}` WHERE status = 'DEAD' AND id <= %s ORDER BY id"
+
+    def letter_rows(self, ids: int) -> str:
+        """The rows dead letters name, by id: DEAD_ROW_COLUMNS, status, and whether a lease (a
+        relay's, or its grace after an uncertain send) is live on the row's shard."""
+        return (
+            f"SELECT o.id, {as_bytes('o.event_id')}, {as_bytes('o.aggregate_type')},"
+            f" {as_bytes('o.aggregate_id')}, o.shard, o.status,"
+            " COALESCE(s.lease_until > UTC_TIMESTAMP(6), 0)"
+            f" FROM `{self.table}` o LEFT JOIN `{self.shard_table}` s ON s.shard = o.shard"
+            f" WHERE o.id IN ({_marks(ids)})"
+        )
 
     def redrive_dead(self, ids: int) -> str:
         """DEAD → PENDING, due now, attempts reset.  Ids are unchanged, so the event takes its
@@ -361,6 +375,14 @@ class OutboxSql:
         """A row when the DEAD row went dead longer ago than a retention.  Parameters: id, seconds."""
         return (
             f"SELECT 1 FROM `{self.table}` WHERE id = %s AND dead_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND"
+        )
+
+    def release_operator_leases(self, shards: int) -> str:
+        """End the leases operator commands hold on shards; a relay's lease is never touched."""
+        return (
+            f"UPDATE `{self.shard_table}` SET lease_token = NULL, lease_owner = NULL,"
+            " lease_until = LEAST(lease_until, UTC_TIMESTAMP(6))"
+            f" WHERE shard IN ({_marks(shards)}) AND LEFT(lease_owner, 9) = 'operator '"
         )
 
     def purge_dead_ids(self, ids: int) -> str:
