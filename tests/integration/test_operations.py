@@ -255,8 +255,11 @@ def test_purge_shows_first_then_deletes_dead_rows_and_their_dead_letters(
     )
     assert database.status_counts() == {"DEAD": 1, "PUBLISHED": 1}
 
-    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", "999") == 3
-    assert "not DEAD (or not found): ids 999; nothing was deleted" in capsys.readouterr().err
+    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", "999") == 4  # nothing to do
+    assert "1 id(s) not found (already purged?): 999" in capsys.readouterr().out
+    (published_id,) = [r["id"] for r in database.rows() if r["status"] == "PUBLISHED"]
+    assert _run_cli(relay_env, monkeypatch, "purge", "--ids", f"{dead_id},{published_id}", "--yes") == 3
+    assert f"not DEAD: ids {published_id}; nothing was deleted" in capsys.readouterr().err
 
     assert _run_cli(relay_env, monkeypatch, "purge", "--ids", str(dead_id), "--dlq", "--yes") == 0
     out = capsys.readouterr().out

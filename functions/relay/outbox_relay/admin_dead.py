@@ -121,6 +121,20 @@ class DeadRowsAdmin:
 
         return self.store.run(work, "read DEAD rows")
 
+    def states(self, ids: Sequence[int]) -> dict[int, str]:
+        """The status of each of ``ids`` that exists."""
+
+        def work(conn: pymysql.connections.Connection[Any]) -> dict[int, str]:
+            found: dict[int, str] = {}
+            with conn.cursor() as cur:
+                for chunk in _chunks(sorted(set(ids)), BATCH_ROWS):
+                    cur.execute(self.sql.row_states(len(chunk)), chunk)
+                    found.update((int(i), str(status)) for i, status in cur.fetchall())
+            return found
+
+        result: dict[int, str] = self.store.run(work, "read row states")
+        return result
+
     def sort_letters(self, letters: Sequence[Letter]) -> Sorted:
         """What each letter names in the outbox, by ``outbox_id`` and ``event_id`` byte for byte."""
         out = Sorted()

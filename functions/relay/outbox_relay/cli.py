@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, ValueError) as exc:  # a bad setting, an unreadable or bad event file
         print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
         return USAGE
+    except KeyboardInterrupt:
+        # A second Ctrl-C (the first stops commands that change data at a checkpoint): at once.
+        print(f"outbox-relay {args.command}: interrupted", file=sys.stderr)
+        return FAILED
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in RELAY_EXTRA_MODULES:
             raise

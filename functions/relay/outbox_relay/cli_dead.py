@@ -151,12 +151,14 @@ def _purge(args: argparse.Namespace) -> int:
     if args.all:
         rows = dead.dead_rows(max_id=args.max_id)
     else:
+        states = dead.states(args.ids)
+        alive = [i for i in args.ids if states.get(i, "DEAD") != "DEAD"]
+        if alive:
+            raise CommandError(f"not DEAD: ids {', '.join(map(str, alive[:20]))}; nothing was deleted")
+        gone = [i for i in args.ids if i not in states]
+        if gone:  # a re-run after an interrupted purge finds these gone: not an error
+            _say(f"{len(gone)} id(s) not found (already purged?): {', '.join(map(str, gone[:20]))}")
         rows = dead.dead_rows(args.ids)
-        missing = sorted(set(args.ids) - {r.id for r in rows})
-        if missing:
-            raise CommandError(
-                f"not DEAD (or not found): ids {', '.join(map(str, missing[:20]))}; nothing was deleted"
-            )
     if not rows:
         _say("no DEAD rows to purge")
         return NOTHING_TO_DO
@@ -264,7 +266,7 @@ def _dlq_letters(
         if not chosen:
             _say(f"no {', '.join(kinds)} letters to remove")
             return NOTHING_TO_DO
-        _list(Sorted({k: found.letters[k] for k in kinds}, {}), False)
+        _list(Sorted({k: found.letters[k] if k in kinds else [] for k in KINDS}, {}), False)
         if not args.yes:
             _say(f"\n{len(chosen)} letter(s) would be removed; nothing was removed (add --yes)")
             return REFUSED

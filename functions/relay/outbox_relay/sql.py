@@ -334,6 +334,9 @@ class OutboxSql:
             " ORDER BY id"
         )
 
+    def row_states(self, ids: int) -> str:
+        return f"SELECT id, status FROM `{self.table}` WHERE id IN ({_marks(ids)})"
+
     @property
     def dead_rows_up_to(self) -> str:
         """Every DEAD row up to an id, in id order (the shard index: no published row is read)."""
