@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outbox_relay import admin_dead, cli
+from outbox_relay import admin_dead, cli, dlq_admin
 from outbox_relay.cli_common import DONE, FAILED, NOTHING_TO_DO, REFUSED
 from outbox_relay.dlq_admin import DeadLetterQueueAdmin
 from tests import support
@@ -449,6 +449,12 @@ def _check_finished(
     assert len(letters) == 1 + len(kept), (k, letters)
     want = None if command == "purge" else "PENDING"
     assert [_status(database, i) for i, _ in target] == [want] * len(target), k
+
+
+@pytest.fixture(autouse=True)
+def _short_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto answers a zero-wait receive with every visible message (one list, no sampling)."""
+    monkeypatch.setattr(dlq_admin, "RECEIVE_WAIT_SECONDS", 0)
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,9 @@ _BATCH = 10  # SQS's batch limit
 # Long enough for a command to match, redrive and delete what it read, short enough that letters
 # a killed command never released are back soon.  Renewed while the command is still reading.
 VISIBILITY_SECONDS = 120
+# A short wait asks every SQS server (a zero wait samples a few, and can answer empty while
+# letters remain).  moto keeps one list, so the tests need none.
+RECEIVE_WAIT_SECONDS = 1
 
 
 class QueueError(Exception):
@@ -110,9 +113,7 @@ class DeadLetterQueueAdmin:
                     QueueUrl=self.queue_url,
                     MaxNumberOfMessages=min(_BATCH, max_letters - len(seen)),
                     VisibilityTimeout=VISIBILITY_SECONDS,
-                    # A short wait asks every SQS server (a zero wait samples a few, and can
-                    # answer empty while letters remain).
-                    WaitTimeSeconds=1,
+                    WaitTimeSeconds=RECEIVE_WAIT_SECONDS,
                 ),
             )
             page = [
