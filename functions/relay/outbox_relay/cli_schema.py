@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .cli_common import CommandError
+from .cli_common import CommandError, CommandFailed
 from .config import load_config, load_database_settings
-from .migrate import DEFAULT_DIR, apply, discover
+from .migrate import DEFAULT_DIR, SchemaMismatch, apply, discover
 from .sql import OutboxSql
 
 
@@ -30,6 +30,10 @@ def _migrate(args: argparse.Namespace) -> int:
             apply(conn, OutboxSql(settings.table), migrations, print)
         finally:
             conn.close()
+    except SchemaMismatch as exc:
+        if exc.changed:  # migrations were applied before the difference was found
+            raise CommandFailed(str(exc)) from exc
+        raise
     except pymysql.err.MySQLError as exc:
         raise CommandError(f"database error: {' '.join(str(exc).split())}") from exc
     return 0

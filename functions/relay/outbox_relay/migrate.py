@@ -3,7 +3,8 @@
 Files are ``V<number>__<name>.sql``; statements end with ``;`` at the end of a line.  Each
 applied file is recorded (with its checksum) in ``<table>_migrations``.  MySQL DDL is not
 transactional, so every statement in a migration is written to be idempotent: a migration that
-failed half-way is finished by running the command again.
+failed half-way is finished by running the command again.  The tables are checked against the
+relay's schema before anything is applied and again after.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pymysql
 
+from . import schema_contract
 from .sql import OutboxSql
 
 _FILE = re.compile(r"V(\d+)__([A-Za-z0-9_]+)\.sql")
@@ -26,6 +28,15 @@ DEFAULT_DIR = Path(__file__).resolve().parents[3] / "infra" / "migrations"
 
 class MigrationError(Exception):
     """A migration could not be applied; ``str()`` says which and what to do."""
+
+
+class SchemaMismatch(MigrationError):
+    """A table differs from the relay's schema.  ``changed``: found after this run applied
+    migrations (otherwise nothing was changed)."""
+
+    def __init__(self, message: str, changed: bool = False) -> None:
+        super().__init__(message)
+        self.changed = changed
 
 
 @dataclass(frozen=True)
@@ -65,18 +76,21 @@ def apply(
     migrations: list[Migration],
     say: Callable[[str], None],
 ) -> int:
-    """Apply what is missing, in order; returns how many were applied."""
-    with conn.cursor() as cur:
-        cur.execute(sql.create_migrations_table)
-        cur.execute(sql.applied_migrations)
-        applied = {int(v): (str(n), str(c)) for v, n, c in cur.fetchall()}
+    """Apply what is missing, in order; returns how many were applied.  The tables are checked
+    against the relay's schema before and after (:mod:`schema_contract`)."""
+    applied = _applied(conn, sql)
     for m in migrations:
         if m.version in applied and applied[m.version][1] != m.checksum:
             raise MigrationError(
                 f"V{m.version:03d}__{m.name}.sql changed after it was applied; "
                 "add a new migration instead of editing an applied one"
             )
+    version = max(applied, default=0)
+    # Before anything is written: a table of ours that is not ours would be taken as made.
+    _verify(conn, sql, version, None)
     pending = [m for m in migrations if m.version not in applied]
+    with conn.cursor() as cur:
+        cur.execute(sql.create_migrations_table)
     for n, m in enumerate(pending, 1):
         label = f"V{m.version:03d}__{m.name}"
         statements = m.statements(sql)
@@ -93,9 +107,69 @@ def apply(
                     ) from exc
             cur.execute(sql.record_migration, (m.version, m.name, m.checksum))
         say(f"[{n}/{len(pending)}] {label}: done in {time.monotonic() - started:.2f}s")
-    latest = max((m.version for m in migrations), default=0)
+    latest = max([version, *(m.version for m in pending)])
+    if pending:
+        _verify(conn, sql, latest, f"V{latest:03d}")
     if pending:
         say(f"applied {len(pending)} migration(s); `{sql.table}` is at V{latest:03d}")
     else:
         say(f"`{sql.table}` is up to date at V{latest:03d}")
     return len(pending)
+
+
+def _applied(conn: pymysql.connections.Connection[Any], sql: OutboxSql) -> dict[int, tuple[str, str]]:
+    """The versions the migrations table records (none when there is no table yet)."""
+    live = _live(conn, sql)
+    table = schema_contract.tables(sql)[2]
+    found = schema_contract.find(live, table.name)
+    if found is None:
+        return {}
+    problems = schema_contract.differences(table, found, 0)
+    if problems:
+        raise SchemaMismatch(f"{schema_contract.describe(table.name, problems)}; nothing was changed")
+    with conn.cursor() as cur:
+        cur.execute(sql.applied_migrations)
+        return {int(v): (str(n), str(c)) for v, n, c in cur.fetchall()}
+
+
+def _verify(
+    conn: pymysql.connections.Connection[Any], sql: OutboxSql, version: int, applied: str | None
+) -> None:
+    """Refuse when a table differs from the relay's schema at ``version``.  ``applied``: the
+    version this run just applied (None: nothing was changed)."""
+    live = _live(conn, sql)
+    migrations_table = sql.migrations_table
+    for table in schema_contract.tables(sql):
+        found = schema_contract.find(live, table.name)
+        if found is None:
+            if version and version >= table.since:
+                raise SchemaMismatch(
+                    f"table `{table.name}` does not exist, but `{migrations_table}` records V{version:03d}"
+                    f" as applied: delete its rows to create the tables again; {_outcome(applied)}",
+                    changed=applied is not None,
+                )
+            continue
+        problems = schema_contract.differences(table, found, version)
+        if problems:
+            raise SchemaMismatch(
+                f"{schema_contract.describe(table.name, problems)}; {_outcome(applied)}",
+                changed=applied is not None,
+            )
+
+
+def _outcome(applied: str | None) -> str:
+    if applied is None:
+        return "nothing was changed"
+    return f"found after applying up to {applied}, which is recorded"
+
+
+def _live(conn: pymysql.connections.Connection[Any], sql: OutboxSql) -> dict[str, schema_contract.LiveTable]:
+    names = (sql.table, sql.shard_table, sql.migrations_table)
+    with conn.cursor() as cur:
+        cur.execute(sql.schema_tables, names)
+        tables = cur.fetchall()
+        cur.execute(sql.schema_columns, names)
+        columns = cur.fetchall()
+        cur.execute(sql.schema_indexes, names)
+        indexes = cur.fetchall()
+    return schema_contract.live_tables(tables, columns, indexes)

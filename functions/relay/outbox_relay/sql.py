@@ -28,6 +28,10 @@ SESSION_SETUP = (
 # rows x 2 x INLINE_BODY_BYTES, whatever the rows hold (a payload may be 16 MiB).
 INLINE_BODY_BYTES = 4096
 
+# Every row's shard is V001's generated `CRC32(aggregate_id) % 16`, and the shard table holds one
+# lease row per shard.  `migrate` checks that the live column says the same.
+SHARD_COUNT = 16
+
 
 def as_bytes(column: str) -> str:
     """A text column read as the bytes stored: the driver never decodes it (a row holding bytes
@@ -411,6 +415,33 @@ class OutboxSql:
     @property
     def record_migration(self) -> str:
         return f"INSERT INTO `{self.migrations_table}` (version, name, checksum) VALUES (%s, %s, %s)"
+
+    @property
+    def schema_tables(self) -> str:
+        """Parameters: the three table names (table, shard table, migrations table)."""
+        return (
+            "SELECT TABLE_NAME, TABLE_TYPE, ENGINE FROM information_schema.TABLES"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (%s, %s, %s)"
+        )
+
+    @property
+    def schema_columns(self) -> str:
+        """Parameters: the three table names.  Portable columns only (MySQL 8 spells COLUMN_TYPE
+        `bigint unsigned`, MariaDB `bigint(20) unsigned`: DATA_TYPE is the same on both)."""
+        return (
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE,"
+            " CHARACTER_MAXIMUM_LENGTH, EXTRA, GENERATION_EXPRESSION FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (%s, %s, %s)"
+        )
+
+    @property
+    def schema_indexes(self) -> str:
+        """Parameters: the three table names.  One row per indexed column, in index order."""
+        return (
+            "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (%s, %s, %s)"
+            " ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
+        )
 
     def rename_tables(self, ddl: str) -> str:
         """Point a migration written for `outbox` / `outbox_shard` at this table's names."""
