@@ -1,8 +1,11 @@
 """`outbox-relay migrate` checks what it claims, on the real MariaDB: a table of our names that is
-not ours is refused (nothing recorded over it), and a damaged one is never "up to date"."""
+not ours is refused (nothing recorded over it), a damaged one is never "up to date", and
+concurrent runs apply the schema once."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +14,7 @@ import pytest
 
 from outbox_relay import cli
 from outbox_relay.cli_common import DONE, REFUSED
+from outbox_relay.migrate import lock_name
 from tests import support
 
 V001 = (support.MIGRATIONS / "V001__create_outbox.sql").read_text()
@@ -150,3 +154,43 @@ def test_a_foreign_migrations_table_is_refused(
 
     refused(capsys, "table `outbox_migrations` exists but does not match", "columns `version`, `name`")
     assert tables(empty) == ["outbox_migrations"]
+
+
+def test_concurrent_migrates_apply_the_schema_once(
+    empty: support.Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    codes: list[int] = []
+    start = threading.Barrier(8)
+
+    def run() -> None:
+        start.wait()
+        codes.append(migrate(empty, monkeypatch))
+
+    runners = [threading.Thread(target=run) for _ in range(8)]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+
+    out, err = capsys.readouterr()
+    assert codes == [DONE] * 8, err
+    assert err == ""
+    assert out.count("applied 2 migration(s)") == 1, out
+    assert out.count("is up to date at V002") == 7, out
+    assert empty.query("SELECT version FROM outbox_migrations ORDER BY version") == [(1,), (2,)]
+    assert empty.query("SELECT COUNT(*) FROM outbox_shard") == [(16,)]
+
+
+def test_a_migrate_that_cannot_take_the_lock_in_time_refuses_in_one_line(
+    empty: support.Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with support.connect(empty.name) as holder, holder.cursor() as cur:
+        cur.execute("SELECT GET_LOCK(%s, 0)", (lock_name(empty.name, "outbox"),))
+        assert cur.fetchone() == (1,)
+        started = time.monotonic()
+
+        assert migrate(empty, monkeypatch, "--lock-wait", "1") == REFUSED
+
+        assert time.monotonic() - started < 5
+        refused(capsys, f"another migrate of `{empty.name}`.`outbox` held its lock for 1 s", NOTHING)
+        assert tables(empty) == []

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .cli_common import CommandError, CommandFailed
+from .cli_common import CommandError, CommandFailed, integer
 from .config import load_config, load_database_settings
-from .migrate import DEFAULT_DIR, SchemaMismatch, apply, discover
+from .migrate import DEFAULT_DIR, LOCK_WAIT_SECONDS, SchemaMismatch, apply, discover
 from .sql import OutboxSql
 
 
@@ -27,7 +27,7 @@ def _migrate(args: argparse.Namespace) -> int:
     try:
         conn = connector(settings, read_secret)()
         try:
-            apply(conn, OutboxSql(settings.table), migrations, print)
+            apply(conn, OutboxSql(settings.table), migrations, print, args.lock_wait)
         finally:
             conn.close()
     except SchemaMismatch as exc:
@@ -62,6 +62,13 @@ def _topics(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     m = sub.add_parser("migrate", help="apply the schema migrations to OUTBOX_DB_* / OUTBOX_TABLE")
     m.add_argument("--dir", default=str(DEFAULT_DIR), help="migrations directory (default: %(default)s)")
+    m.add_argument(
+        "--lock-wait",
+        type=integer(0, 3600),
+        default=LOCK_WAIT_SECONDS,
+        metavar="SECONDS",
+        help="wait this long for another migrate of the same table (default %(default)s)",
+    )
     m.set_defaults(run=_migrate)
 
     t = sub.add_parser("topics", help="create topics, or read them back")

@@ -3,12 +3,14 @@
 Files are ``V<number>__<name>.sql``; statements end with ``;`` at the end of a line.  Each
 applied file is recorded (with its checksum) in ``<table>_migrations``.  MySQL DDL is not
 transactional, so every statement in a migration is written to be idempotent: a migration that
-failed half-way is finished by running the command again.  The tables are checked against the
-relay's schema before anything is applied and again after.
+failed half-way is finished by running the command again.  Runs on one database and table take
+a named lock (``GET_LOCK``), so concurrent ones apply each migration once; the tables are
+checked against the relay's schema before anything is applied and again after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
@@ -24,6 +26,8 @@ from .sql import OutboxSql
 
 _FILE = re.compile(r"V(\d+)__([A-Za-z0-9_]+)\.sql")
 DEFAULT_DIR = Path(__file__).resolve().parents[3] / "infra" / "migrations"
+# How long a migrate waits for another one on the same database and table (whole seconds).
+LOCK_WAIT_SECONDS = 60
 
 
 class MigrationError(Exception):
@@ -75,9 +79,25 @@ def apply(
     sql: OutboxSql,
     migrations: list[Migration],
     say: Callable[[str], None],
+    lock_wait_seconds: int = LOCK_WAIT_SECONDS,
 ) -> int:
-    """Apply what is missing, in order; returns how many were applied.  The tables are checked
-    against the relay's schema before and after (:mod:`schema_contract`)."""
+    """Apply what is missing, in order, under a lock named after the database and table (so
+    concurrent runs apply each migration once); returns how many were applied.  The tables are
+    checked against the relay's schema before and after (:mod:`schema_contract`)."""
+    name = _lock(conn, sql, lock_wait_seconds)
+    try:
+        return _apply(conn, sql, migrations, say)
+    finally:
+        with contextlib.suppress(pymysql.err.Error), conn.cursor() as cur:  # or with the session
+            cur.execute(sql.release_lock, (name,))
+
+
+def _apply(
+    conn: pymysql.connections.Connection[Any],
+    sql: OutboxSql,
+    migrations: list[Migration],
+    say: Callable[[str], None],
+) -> int:
     applied = _applied(conn, sql)
     for m in migrations:
         if m.version in applied and applied[m.version][1] != m.checksum:
@@ -115,6 +135,35 @@ def apply(
     else:
         say(f"`{sql.table}` is up to date at V{latest:03d}")
     return len(pending)
+
+
+def lock_name(database: str, table: str) -> str:
+    """The migration lock of one outbox table.  GET_LOCK names are server-wide, at most 64
+    characters: a digest keeps databases and tables apart whatever their length."""
+    return f"outbox_relay_migrate.{hashlib.sha256(f'{database}.{table}'.encode()).hexdigest()[:40]}"
+
+
+def _lock(conn: pymysql.connections.Connection[Any], sql: OutboxSql, wait_seconds: int) -> str:
+    """Take the migration lock of this database and table, or refuse; returns its name."""
+    with conn.cursor() as cur:
+        cur.execute(sql.current_database)
+        (database,) = cur.fetchone() or (None,)
+        name = lock_name(str(database), sql.table)
+        # The wait is one statement: the socket's read timeout must not cut it first.
+        read_timeout = getattr(conn, "_read_timeout", None)
+        if read_timeout is not None:
+            setattr(conn, "_read_timeout", max(read_timeout, wait_seconds + 10.0))  # noqa: B010
+        try:
+            cur.execute(sql.get_lock, (name, wait_seconds))
+            (taken,) = cur.fetchone() or (None,)
+        finally:
+            setattr(conn, "_read_timeout", read_timeout)  # noqa: B010
+    if taken != 1:
+        raise MigrationError(
+            f"another migrate of `{database}`.`{sql.table}` held its lock for {wait_seconds} s; "
+            "run it again once that one is done (nothing was changed)"
+        )
+    return name
 
 
 def _applied(conn: pymysql.connections.Connection[Any], sql: OutboxSql) -> dict[int, tuple[str, str]]:

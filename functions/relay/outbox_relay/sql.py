@@ -443,6 +443,20 @@ class OutboxSql:
             " ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
         )
 
+    @property
+    def current_database(self) -> str:
+        return "SELECT DATABASE()"
+
+    @property
+    def get_lock(self) -> str:
+        """Parameters: a lock name (at most 64 characters), whole seconds to wait.  1: taken;
+        0: another session held it all that time.  Released with the session if not before."""
+        return "SELECT GET_LOCK(%s, %s)"
+
+    @property
+    def release_lock(self) -> str:
+        return "SELECT RELEASE_LOCK(%s)"
+
     def rename_tables(self, ddl: str) -> str:
         """Point a migration written for `outbox` / `outbox_shard` at this table's names."""
         return ddl.replace("`outbox_shard`", f"`{self.shard_table}`").replace("`outbox`", f"`{self.table}`")
