@@ -4,11 +4,13 @@ concurrent runs apply the schema once."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from outbox_relay import cli
 from outbox_relay.cli_common import DONE, REFUSED
 from outbox_relay.migrate import lock_name
 from tests import support
+from tests.conftest import make_topics
 
 V001 = (support.MIGRATIONS / "V001__create_outbox.sql").read_text()
 NOTHING = "nothing was changed"
@@ -194,3 +197,50 @@ def test_a_migrate_that_cannot_take_the_lock_in_time_refuses_in_one_line(
         assert time.monotonic() - started < 5
         refused(capsys, f"another migrate of `{empty.name}`.`outbox` held its lock for 1 s", NOTHING)
         assert tables(empty) == []
+
+
+def test_migrate_restores_deleted_shard_rows(
+    empty: support.Database, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert migrate(empty, monkeypatch) == DONE
+    empty.query("DELETE FROM outbox_shard WHERE shard IN (3, 7)")
+    capsys.readouterr()
+
+    assert migrate(empty, monkeypatch) == DONE
+
+    out = capsys.readouterr().out
+    assert "restored 2 missing row(s) of `outbox_shard` (shards 3, 7)" in out
+    assert "`outbox` is up to date at V002" in out
+    assert empty.query("SELECT COUNT(*) FROM outbox_shard") == [(16,)]
+
+
+def test_a_deleted_shard_row_no_longer_hides_its_pending_rows_from_status_or_the_relay(
+    database: support.Database,
+    topics: support.Topics,
+    relay_env: dict[str, str],
+    invoke: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_topics(topics, "order")
+    database.insert(support.backlog(200, 60))
+    hidden = database.query("SELECT COUNT(*) FROM outbox WHERE shard IN (3, 7)")[0][0]
+    assert hidden > 0
+    database.query("DELETE FROM outbox_shard WHERE shard IN (3, 7)")
+    for key, value in relay_env.items():
+        monkeypatch.setenv(key, value)
+
+    # status counts every pending row and says which shards lack their row; it changes nothing.
+    assert cli.main(["status", "--json"]) == DONE
+    status = json.loads(capsys.readouterr().out)
+    assert (status["pending"], status["missing_shard_rows"]) == (200, [3, 7])
+    assert status["topics"][0]["pending"] == 200
+    assert cli.main(["status"]) == DONE
+    assert "warning: `outbox_shard` has no row for shard(s) 3, 7:" in capsys.readouterr().out
+    assert database.query("SELECT COUNT(*) FROM outbox_shard") == [(14,)]
+
+    # The relay puts the rows back when it reads the shard list, and publishes everything.
+    summary = invoke()
+    assert (summary["published"], summary["pending"], summary["stopped_by"]) == (200, 0, "drained"), summary
+    assert len(topics.read("order")) == 200
+    assert database.query("SELECT COUNT(*) FROM outbox_shard") == [(16,)]

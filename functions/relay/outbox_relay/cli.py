@@ -86,6 +86,13 @@ def _status(args: argparse.Namespace) -> int:
             [[status.pending, round(status.oldest_pending_age_seconds, 1), status.dead, status.published]],
         )
     )
+    if status.missing_shards:
+        missing = ", ".join(map(str, status.missing_shards))
+        print(
+            f"warning: `{db.table}_shard` has no row for shard(s) {missing}: their pending rows are"
+            " counted above, but no relay leases them until a relay run or `outbox-relay migrate`"
+            " restores the rows"
+        )
     print()
     print(table(["TOPIC", "PENDING", "DEAD"], [[r.topic, r.pending, r.dead] for r in status.routes]))
     print()

@@ -22,7 +22,7 @@ from typing import Any
 import pymysql
 
 from . import schema_contract
-from .sql import OutboxSql
+from .sql import SHARD_COUNT, OutboxSql
 
 _FILE = re.compile(r"V(\d+)__([A-Za-z0-9_]+)\.sql")
 DEFAULT_DIR = Path(__file__).resolve().parents[3] / "infra" / "migrations"
@@ -130,6 +130,7 @@ def _apply(
     latest = max([version, *(m.version for m in pending)])
     if pending:
         _verify(conn, sql, latest, f"V{latest:03d}")
+    _restore_shards(conn, sql, latest, say)
     if pending:
         say(f"applied {len(pending)} migration(s); `{sql.table}` is at V{latest:03d}")
     else:
@@ -222,3 +223,21 @@ def _live(conn: pymysql.connections.Connection[Any], sql: OutboxSql) -> dict[str
         cur.execute(sql.schema_indexes, names)
         indexes = cur.fetchall()
     return schema_contract.live_tables(tables, columns, indexes)
+
+
+def _restore_shards(
+    conn: pymysql.connections.Connection[Any], sql: OutboxSql, version: int, say: Callable[[str], None]
+) -> None:
+    """A deleted shard row hides its shard from the relay: put back the missing ones."""
+    if version < 1:  # no shard table yet
+        return
+    with conn.cursor() as cur:
+        cur.execute(sql.shard_rows)
+        present = {int(row[0]) for row in cur.fetchall()}
+        missing = [shard for shard in range(SHARD_COUNT) if shard not in present]
+        if missing:
+            cur.execute(sql.restore_shards(len(missing)), missing)
+            say(
+                f"restored {len(missing)} missing row(s) of `{sql.shard_table}` (shards "
+                f"{', '.join(map(str, missing))}): their pending events were hidden from the relay"
+            )

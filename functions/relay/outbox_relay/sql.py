@@ -83,10 +83,6 @@ class OutboxSql:
     # --- shard leases ---------------------------------------------------------------------
 
     @property
-    def free_shards(self) -> str:
-        return f"SELECT shard FROM `{self.shard_table}` WHERE lease_until <= UTC_TIMESTAMP(6) ORDER BY shard"
-
-    @property
     def all_shards(self) -> str:
         return f"SELECT shard FROM `{self.shard_table}` ORDER BY shard"
 
@@ -456,6 +452,16 @@ class OutboxSql:
     @property
     def release_lock(self) -> str:
         return "SELECT RELEASE_LOCK(%s)"
+
+    @property
+    def shard_rows(self) -> str:
+        """Every shard row, and whether its lease is free."""
+        return f"SELECT shard, lease_until <= UTC_TIMESTAMP(6) FROM `{self.shard_table}` ORDER BY shard"
+
+    def restore_shards(self, count: int) -> str:
+        """Put back ``count`` missing shard rows (parameters: their ids), free; idempotent."""
+        _marks(count)  # at least one
+        return f"INSERT IGNORE INTO `{self.shard_table}` (shard) VALUES {', '.join(['(%s)'] * count)}"
 
     def rename_tables(self, ddl: str) -> str:
         """Point a migration written for `outbox` / `outbox_shard` at this table's names."""

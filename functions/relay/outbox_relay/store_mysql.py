@@ -24,7 +24,7 @@ from .finalize_mysql import apply_plan
 from .model import AggregateKey, FinalizePlan, FinalizeResult, OutboxRecord, PendingStats
 from .ports import CredentialsUnavailable, StoreUnavailable
 from .rowtext import decode, decode_nullable, raw
-from .sql import SESSION_SETUP, OutboxSql
+from .sql import SESSION_SETUP, SHARD_COUNT, OutboxSql
 from .watchdog import Watchdog
 
 log = logging.getLogger("outbox_relay")
@@ -249,23 +249,43 @@ class MySQLOutboxStore:
     # --- shard leases -------------------------------------------------------------------
 
     def shard_ids(self) -> list[int]:
+        """Every shard: the SHARD_COUNT the generated column makes, and any other row of the shard
+        table.  A shard whose row was deleted still holds rows: the counts must not miss them."""
         if self._shards is None:
-
-            def work(conn: pymysql.connections.Connection[Any]) -> list[int]:
-                with conn.cursor() as cur:
-                    cur.execute(self.sql.all_shards)
-                    return [int(row[0]) for row in cur.fetchall()]
-
-            self._shards = self.run(work, "list shards")
+            rows = self._shard_rows()
+            self._shards = sorted(set(rows) | set(range(SHARD_COUNT)))
         return self._shards
+
+    def missing_shards(self) -> list[int]:
+        """Shards without a row in the shard table: no relay can lease them until migrate or a
+        relay's next acquire puts the row back."""
+        present = set(self._shard_rows())
+        return [shard for shard in range(SHARD_COUNT) if shard not in present]
+
+    def _shard_rows(self) -> list[int]:
+        def work(conn: pymysql.connections.Connection[Any]) -> list[int]:
+            with conn.cursor() as cur:
+                cur.execute(self.sql.all_shards)
+                return [int(row[0]) for row in cur.fetchall()]
+
+        return self.run(work, "list shards")
 
     def acquire_shards(
         self, token: bytes, owner: str, lease_seconds: float, limit: int, exclude: Collection[int]
     ) -> list[int]:
         def work(conn: pymysql.connections.Connection[Any]) -> list[int]:
             with conn.cursor() as cur:
-                cur.execute(self.sql.free_shards)
-                free = [int(row[0]) for row in cur.fetchall() if int(row[0]) not in exclude]
+                cur.execute(self.sql.shard_rows)
+                rows = cur.fetchall()
+                present = {int(row[0]) for row in rows}
+                missing = [shard for shard in range(SHARD_COUNT) if shard not in present]
+                if missing:
+                    # A deleted row hides its shard's pending rows from every relay: put it back
+                    # (free; idempotent, and only when one is missing).
+                    cur.execute(self.sql.restore_shards(len(missing)), missing)
+                    log.warning("shard rows restored", extra={"shards": missing})
+                free = [int(row[0]) for row in rows if row[1]] + missing
+                free = [shard for shard in free if shard not in exclude]
                 random.shuffle(free)  # concurrent invocations spread over the shards
                 taken = 0
                 # A free shard's row is locked only by its expired holder's last finalize (a few
