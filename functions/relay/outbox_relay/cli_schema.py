@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_common import CommandError, CommandFailed, integer
-from .config import load_config, load_database_settings
+from .cli_common import NOTHING_TO_DO, CommandError, CommandFailed, integer, seconds
+from .config import load_database_settings, load_kafka_settings
 from .migrate import DEFAULT_DIR, LOCK_WAIT_SECONDS, SchemaMismatch, apply, discover
 from .sql import OutboxSql
 
@@ -39,15 +40,57 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _topics(args: argparse.Namespace) -> int:
-    from .kafka_tools import ensure_topics, read_topics
+# Partitions per topic this command creates; more is a typo (or your infrastructure code's job).
+MAX_PARTITIONS = 1000
+MAX_REPLICATION_FACTOR = 32767  # Kafka's INT16; the cluster's broker count is checked too
 
-    bootstrap = args.bootstrap or load_config(os.environ).kafka.bootstrap_servers
-    if args.action == "ensure":
-        created = ensure_topics(bootstrap, args.names, partitions=args.partitions)
-        print(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
-        return 0
-    records = read_topics(bootstrap, args.names)
+
+def _topics(args: argparse.Namespace) -> int:
+    from kafka import errors as kafka_errors
+
+    from .kafka_tools import TopicsMissing, TopicsRefused, client_settings, ensure_topics, read_topics
+    from .messages import legal_topic
+    from .ports import CredentialsUnavailable
+
+    illegal = [name for name in args.names if not legal_topic(name)]
+    if illegal:
+        shown = ", ".join(ascii(name)[:80] for name in illegal[:5])
+        raise CommandError(
+            f"not a legal topic name: {shown} (1 to 249 of A-Z a-z 0-9 . _ -, not . or .., not one of "
+            "Kafka's internal topics); nothing was done"
+        )
+    settings = load_kafka_settings(os.environ, args.bootstrap)
+    where = ",".join(settings.bootstrap_servers)
+    try:
+        client = client_settings(settings, _read_secret)
+        if args.action == "ensure":
+            created = ensure_topics(
+                settings.bootstrap_servers,
+                args.names,
+                partitions=args.partitions,
+                replication_factor=args.replication_factor,
+                client=client,
+                timeout_seconds=args.timeout,
+            )
+            print(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
+            there = [name for name in dict.fromkeys(args.names) if name not in created]
+            if there:
+                print(f"already there (left as they are): {', '.join(there)}")
+            return 0
+        records = read_topics(
+            settings.bootstrap_servers, args.names, args.timeout, client=client, missing_ok=False
+        )
+    except TopicsRefused as exc:
+        raise CommandError(str(exc)) from exc
+    except TopicsMissing as exc:
+        print(f"outbox-relay topics: no such topic: {exc}; nothing was read", file=sys.stderr)
+        return NOTHING_TO_DO
+    except kafka_errors.KafkaTimeoutError as exc:
+        raise CommandFailed(
+            f"no answer from Kafka at {where} within {args.timeout:g} s ({_one_line(exc)})"
+        ) from exc
+    except (kafka_errors.KafkaError, CredentialsUnavailable, TimeoutError) as exc:
+        raise CommandFailed(f"Kafka at {where}: {_one_line(exc)}") from exc
     for r in records[-args.limit :] if args.limit else records:
         headers = {k: v.decode(errors="replace") for k, v in r.headers.items()}
         value = (r.value or b"").decode(errors="replace")
@@ -57,6 +100,19 @@ def _topics(args: argparse.Namespace) -> int:
         )
     print(f"{len(records)} record(s) in {', '.join(args.names)}")
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    detail = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return (detail if detail.startswith(name) else f"{name}: {detail}")[:400]
+
+
+def _read_secret(arn: str) -> str:
+    """The SCRAM secret (KAFKA_SASL_SECRET_ARN), read only when the mechanism needs it."""
+    from .runtime import read_secret
+
+    return read_secret(arn)
 
 
 def add_parsers(sub: Any) -> None:
@@ -74,7 +130,24 @@ def add_parsers(sub: Any) -> None:
     t = sub.add_parser("topics", help="create topics, or read them back")
     t.add_argument("action", choices=("ensure", "read"))
     t.add_argument("names", nargs="+")
-    t.add_argument("--partitions", type=int, default=3)
-    t.add_argument("--limit", type=int, default=0, help="read: print only the last N records")
+    t.add_argument(
+        "--partitions", type=integer(1, MAX_PARTITIONS), default=3, help="ensure: per new topic (default 3)"
+    )
+    t.add_argument(
+        "--replication-factor",
+        type=integer(1, MAX_REPLICATION_FACTOR),
+        default=None,
+        metavar="N",
+        help="ensure: per new topic (default: min(3, the cluster's brokers))",
+    )
+    t.add_argument(
+        "--limit", type=integer(0, 10**9), default=0, help="read: print only the last N records (0: all)"
+    )
+    t.add_argument(
+        "--timeout",
+        type=seconds(0, 3600, above_low=True),
+        default=30.0,
+        help="give up on an unreachable cluster after this long (default 30 s)",
+    )
     t.add_argument("--bootstrap", nargs="*", help="default: KAFKA_BOOTSTRAP_SERVERS")
     t.set_defaults(run=_topics)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -357,3 +357,15 @@ def load_database_settings(env: Mapping[str, str]) -> DatabaseSettings:
     if r.problems:
         raise ConfigError("invalid configuration: " + "; ".join(r.problems))
     return database
+
+
+def load_kafka_settings(env: Mapping[str, str], bootstrap: Sequence[str] | None = None) -> KafkaSettings:
+    """Only the Kafka part (what `outbox-relay topics` needs): the same security settings the
+    publisher uses.  ``bootstrap`` (``--bootstrap``) replaces KAFKA_BOOTSTRAP_SERVERS."""
+    if bootstrap:
+        env = {**env, "KAFKA_BOOTSTRAP_SERVERS": ",".join(bootstrap)}
+    r = _Reader(env)
+    kafka = _kafka(r, RelaySettings.max_message_bytes)
+    if r.problems:
+        raise ConfigError("invalid configuration: " + "; ".join(r.problems))
+    return kafka
