@@ -242,9 +242,9 @@ class DeadRowsAdmin:
                     republished = 0
                     for rows in batch:
                         first = rows[0]
+                        kind, key = raw(first.aggregate_type), raw(first.aggregate_id)
                         republished += cur.execute(
-                            self.sql.republish_after,
-                            (first.shard, first.id, raw(first.aggregate_type), raw(first.aggregate_id)),
+                            self.sql.republish_after, (first.shard, kind, key, first.id, kind, key)
                         )
                 conn.commit()
             except BaseException:

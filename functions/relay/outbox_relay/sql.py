@@ -293,7 +293,8 @@ class OutboxSql:
             f"SELECT {as_bytes('aggregate_type')}, {as_bytes('event_type')}, {as_bytes('topic')}, status,"
             f" COUNT(*) FROM `{self.table}`"
             f" WHERE shard IN ({_marks(shards)}) AND status IN ('PENDING', 'DEAD')"
-            " GROUP BY aggregate_type, event_type, topic, status"
+            # Grouped by the bytes: utf8mb4_bin pads, so "a" and "a " would count as one route.
+            f" GROUP BY {as_bytes('aggregate_type')}, {as_bytes('event_type')}, {as_bytes('topic')}, status"
         )
 
     def blocked_heads(self, shards: int) -> str:
@@ -310,7 +311,7 @@ class OutboxSql:
 
     def blocked_count(self, shards: int) -> str:
         return (
-            "SELECT COUNT(DISTINCT aggregate_type, aggregate_id)"
+            f"SELECT COUNT(DISTINCT {as_bytes('aggregate_type')}, {as_bytes('aggregate_id')})"
             f" FROM `{self.table}` WHERE shard IN ({_marks(shards)})"
             " AND status = 'PENDING' AND available_at > UTC_TIMESTAMP(6)"
         )
@@ -364,13 +365,14 @@ class OutboxSql:
     @property
     def republish_after(self) -> str:
         """An aggregate's events published after a redriven one go out again after it, so the
-        last copy of each event in Kafka is in outbox order.  Parameters: shard, after id, type, id
-        (a range scan of the shard index)."""
+        last copy of each event in Kafka is in outbox order.  Parameters: shard, type, id, after
+        id, then type and id as bytes (a range of the aggregate index, whatever the retention;
+        compared as bytes too: utf8mb4_bin pads "k" to "k ")."""
         return (
             f"UPDATE `{self.table}` SET status = 'PENDING', published_at = NULL,"
             " available_at = '1970-01-01 00:00:00.000000'"
-            " WHERE shard = %s AND status = 'PUBLISHED' AND id > %s"
-            " AND CAST(aggregate_type AS BINARY) = %s AND CAST(aggregate_id AS BINARY) = %s"
+            " WHERE shard = %s AND status = 'PUBLISHED' AND aggregate_type = %s AND aggregate_id = %s"
+            " AND id > %s AND CAST(aggregate_type AS BINARY) = %s AND CAST(aggregate_id AS BINARY) = %s"
         )
 
     @property
