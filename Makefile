@@ -40,6 +40,10 @@ bench: venv stack-up                ## relay vs naive vs raw limits; docs/perfor
 	$(PY)/pip install --quiet -e '.[bench]'
 	$(PY)/python bench/relay_bench.py
 
+.PHONY: bench-redrive
+bench-redrive: venv stack-up         ## redrive --all over 45,000 retained rows (3,000 aggregates): wall time, batches
+	$(PY)/python bench/redrive_bench.py
+
 .PHONY: bench-tracing
 bench-tracing: venv stack-up        ## relay CPU per event with X-Ray tracing as deployed vs off (~30 s)
 	$(PY)/python bench/tracing_bench.py
