@@ -29,15 +29,17 @@ from outbox_relay.sql import OutboxSql  # noqa: E402
 
 AGGREGATES = int(os.environ.get("AGGREGATES", "3000"))
 LATER = int(os.environ.get("LATER", "14"))
-DB = {"host": "127.0.0.1", "port": 3306, "user": "relay", "password": "relay"}
+HOST, PORT, USER, PASSWORD = "127.0.0.1", 3306, "relay", "relay"
 
 
 def main() -> None:
     name = f"bench_redrive_{uuid.uuid4().hex[:8]}"
-    admin = pymysql.connect(**DB, autocommit=True)  # type: ignore[arg-type]
+    admin = pymysql.connect(host=HOST, port=PORT, user=USER, password=PASSWORD, autocommit=True)
     admin.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     try:
-        conn = pymysql.connect(**DB, database=name, autocommit=True)  # type: ignore[arg-type]
+        conn = pymysql.connect(
+            host=HOST, port=PORT, user=USER, password=PASSWORD, database=name, autocommit=True
+        )
         apply(conn, OutboxSql("outbox"), discover(ROOT / "infra" / "migrations"), lambda _line: None)
         with conn.cursor() as cur:
             rows = [("order", f"o-{a}", "e", b"{}") for _ in range(LATER + 1) for a in range(AGGREGATES)]
@@ -54,11 +56,11 @@ def main() -> None:
             )
         env = {
             **os.environ,
-            "OUTBOX_DB_HOST": DB["host"],
-            "OUTBOX_DB_PORT": str(DB["port"]),
+            "OUTBOX_DB_HOST": HOST,
+            "OUTBOX_DB_PORT": str(PORT),
             "OUTBOX_DB_NAME": name,
-            "OUTBOX_DB_USER": DB["user"],
-            "OUTBOX_DB_PASSWORD": DB["password"],
+            "OUTBOX_DB_USER": USER,
+            "OUTBOX_DB_PASSWORD": PASSWORD,
             "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
             "DLQ_QUEUE_URL": "http://127.0.0.1:5000/000000000000/outbox-relay-dlq",
         }
