@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import cli_dead, cli_schema
+from . import cli_dead, cli_letters, cli_schema
 from .cli_common import FAILED, REFUSED, USAGE, CommandError, CommandFailed, relay_runtime, table
 from .config import ConfigError
 from .migrate import MigrationError
@@ -191,6 +191,7 @@ def parser() -> argparse.ArgumentParser:
     j.set_defaults(run=_janitor)
 
     cli_dead.add_parsers(sub)
+    cli_letters.add_parsers(sub)
     cli_schema.add_parsers(sub)
     return p
 
