@@ -12,6 +12,8 @@ from outbox_relay.config import (
     check_topic_template,
     load_config,
     load_database_settings,
+    load_dlq_queue_url,
+    load_store_config,
 )
 from outbox_relay.invocation import Invocation, InvocationError, parse_invocation, with_overrides
 
@@ -98,6 +100,44 @@ def test_missing_variables_are_all_named_in_one_line() -> None:
 def test_database_settings_alone_need_only_database_variables() -> None:
     db = {k: v for k, v in MINIMAL.items() if k.startswith("OUTBOX_DB")}
     assert load_database_settings(db).host == "db.local"
+
+
+def test_store_config_needs_no_kafka_and_no_dead_letter_queue() -> None:
+    env = {k: v for k, v in MINIMAL.items() if k.startswith("OUTBOX_DB")}
+    env |= {"OUTBOX_TOPIC_TEMPLATE": "shop.{event_type}", "OUTBOX_RETENTION_SECONDS": "60"}
+    config = load_store_config(env)
+    assert config.database == load_config(MINIMAL).database
+    assert config.relay.topic_template == "shop.{event_type}" and config.retention.published_seconds == 60
+    # The full configuration still needs them, for the Lambda.
+    with pytest.raises(ConfigError, match=r"KAFKA_BOOTSTRAP_SERVERS is required.*DLQ_QUEUE_URL is required"):
+        load_config(env)
+
+
+def test_store_config_validates_what_it_reads_as_the_full_configuration_does() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_store_config(
+            {
+                "OUTBOX_DB_PORT": "0",
+                "OUTBOX_BATCH_SIZE": "nan",
+                "OUTBOX_JANITOR_BATCH_SIZE": "-1",
+                "KAFKA_LINGER_MS": "never read",
+            }
+        )
+    text = str(err.value)
+    assert "\n" not in text and "KAFKA" not in text and "DLQ_QUEUE_URL" not in text
+    for problem in (
+        "OUTBOX_DB_HOST is required",
+        "OUTBOX_DB_PORT='0' is out of range",
+        "OUTBOX_BATCH_SIZE='nan' is not an integer",
+        "OUTBOX_JANITOR_BATCH_SIZE='-1' is out of range",
+    ):
+        assert problem in text
+
+
+def test_the_dead_letter_queue_url_alone() -> None:
+    assert load_dlq_queue_url({"DLQ_QUEUE_URL": " https://sqs/1/dlq "}) == "https://sqs/1/dlq"
+    with pytest.raises(ConfigError, match=r"^invalid configuration: DLQ_QUEUE_URL is required$"):
+        load_dlq_queue_url({"KAFKA_BOOTSTRAP_SERVERS": "b:9092"})
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,15 @@ class Config:
     retention: RetentionSettings = RetentionSettings()
 
 
+@dataclass(frozen=True)
+class StoreConfig:
+    """What a command that only uses the outbox database needs: no Kafka, no dead-letter queue."""
+
+    relay: RelaySettings
+    database: DatabaseSettings
+    retention: RetentionSettings = RetentionSettings()
+
+
 class _Reader:
     """Reads typed values from an environment mapping, collecting every problem."""
 
@@ -348,6 +357,28 @@ def load_config(env: Mapping[str, str]) -> Config:
     if r.problems:
         raise ConfigError("invalid configuration: " + "; ".join(r.problems))
     return Config(relay=relay, database=database, kafka=kafka, dlq_queue_url=dlq, retention=retention)
+
+
+def load_store_config(env: Mapping[str, str]) -> StoreConfig:
+    """The database, relay and retention settings, validated as :func:`load_config` validates
+    them; the Kafka and dead-letter queue settings are neither required nor read (the operator
+    commands that only use the database: status, dry-run, janitor)."""
+    r = _Reader(env)
+    database = _database(r)
+    relay = _relay(r)
+    retention = _retention(r)
+    if r.problems:
+        raise ConfigError("invalid configuration: " + "; ".join(r.problems))
+    return StoreConfig(relay=relay, database=database, retention=retention)
+
+
+def load_dlq_queue_url(env: Mapping[str, str]) -> str:
+    """``DLQ_QUEUE_URL`` alone, for a command that reads the dead-letter queue."""
+    r = _Reader(env)
+    url = r.text("DLQ_QUEUE_URL", required=True) or ""
+    if r.problems:
+        raise ConfigError("invalid configuration: " + "; ".join(r.problems))
+    return url
 
 
 def load_database_settings(env: Mapping[str, str]) -> DatabaseSettings:
