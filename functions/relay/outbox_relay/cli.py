@@ -21,7 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from . import cli_dead, cli_letters, cli_schema
-from .cli_common import FAILED, REFUSED, USAGE, CommandError, CommandFailed, relay_runtime, table
+from .cli_common import (
+    FAILED,
+    REFUSED,
+    USAGE,
+    CommandError,
+    CommandFailed,
+    Parser,
+    integer,
+    one_line,
+    quoted,
+    relay_runtime,
+    seconds,
+    table,
+)
 from .config import ConfigError
 from .migrate import MigrationError
 from .ports import NullMetrics
@@ -59,17 +72,30 @@ RELAY_EXTRA_MODULES = frozenset(
 )
 
 
+def _event(path: str | None) -> Any:
+    if not path:
+        return {}
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        return json.loads(text)
+    except RecursionError:  # json's own limit on nesting
+        raise ValueError(f"event {quoted(path)}: nested too deeply") from None
+    except ValueError as exc:  # not JSON, not UTF-8
+        raise ValueError(f"event {quoted(path)} is not JSON: {exc}") from None
+
+
 def _invoke(args: argparse.Namespace) -> int:
     from .handler import lambda_handler
 
-    event: Any = {}
-    if args.event == "-":
-        event = json.load(sys.stdin)
-    elif args.event:
-        event = json.loads(Path(args.event).read_text(encoding="utf-8"))
+    event = _event(args.event)
     summary = lambda_handler(event, LocalContext(args.timeout))
     print(json.dumps(summary, indent=2))
-    return 0 if summary.get("ok") else 1
+    if summary.get("ok"):
+        return 0
+    stopped = summary.get("stopped_by")
+    why = f"the run failed ({stopped})" if stopped else "not run"
+    print(f"outbox-relay invoke: {why}: {one_line(str(summary.get('error')))}", file=sys.stderr)
+    return FAILED
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -163,7 +189,7 @@ def _janitor(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="outbox-relay",
         description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -173,7 +199,13 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("invoke", help="run the Lambda handler here, as Lambda would")
     i.add_argument("--event", help="event JSON file (- for stdin); default: {} (a manual run)")
-    i.add_argument("--timeout", type=float, default=60.0, help="the function timeout to simulate, seconds")
+    i.add_argument(
+        "--timeout",
+        type=seconds(1, MAX_LAMBDA_TIMEOUT_SECONDS),
+        default=60.0,
+        metavar="SECONDS",
+        help="the function timeout to simulate, 1 to 900 (default %(default)s)",
+    )
     i.set_defaults(run=_invoke)
 
     s = sub.add_parser("status", help="pending, oldest age, dead, per-topic counts, leases held")
@@ -181,12 +213,21 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=_status)
 
     d = sub.add_parser("dry-run", help="what the next run would publish first (reads only)")
-    d.add_argument("--limit", type=int, default=50)
+    d.add_argument(
+        "--limit",
+        type=integer(1, MAX_LIMIT),
+        default=50,
+        help=f"rows to show, 1 to {MAX_LIMIT} (default %(default)s)",
+    )
     d.set_defaults(run=_dry_run)
 
     j = sub.add_parser("janitor", help="delete PUBLISHED and DEAD rows past their retention, in batches")
     j.add_argument(
-        "--max-seconds", type=float, default=300.0, help="stop after this long (default %(default)s)"
+        "--max-seconds",
+        type=seconds(0, 86_400, above_low=True),
+        default=300.0,
+        metavar="SECONDS",
+        help="stop after this long (default %(default)s)",
     )
     j.set_defaults(run=_janitor)
 
@@ -196,22 +237,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# The relay's own largest batch (OUTBOX_BATCH_SIZE).
+MAX_LIMIT = 10_000
+MAX_LAMBDA_TIMEOUT_SECONDS = 900.0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .admin_dead import Interrupted
     from .admin_mysql import AdminError
     from .ports import StoreUnavailable
 
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error (one line: cli_common.Parser)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else USAGE)
     try:
         code: int = args.run(args)
     except (MigrationError, AdminError, CommandError) as exc:
-        print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
+        print(f"outbox-relay {args.command}: {one_line(str(exc))}", file=sys.stderr)
         return REFUSED
     except (StoreUnavailable, CommandFailed, Interrupted) as exc:
-        print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
+        print(f"outbox-relay {args.command}: {one_line(str(exc))}", file=sys.stderr)
         return FAILED
     except (ConfigError, OSError, ValueError) as exc:  # a bad setting, an unreadable or bad event file
-        print(f"outbox-relay {args.command}: {exc}", file=sys.stderr)
+        print(f"outbox-relay {args.command}: {one_line(str(exc))}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:
         # A second Ctrl-C (the first stops commands that change data at a checkpoint): at once.

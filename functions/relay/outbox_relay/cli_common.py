@@ -6,7 +6,7 @@ import argparse
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import load_config
 
@@ -20,6 +20,30 @@ NOTHING_TO_DO = 4  # nothing matched: nothing was changed
 # Plain decimal numbers only: no `1_0`, `0x10`, `nan`, `inf` (which int() and float() accept).
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# Longer than any value in range: int() refuses 4,300+ digits with its own message.
+_MAX_DIGITS = 30
+# What an error line quotes of an operator's text at most.
+_QUOTED = 40
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped: an error is one line, whatever was typed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def quoted(text: str) -> str:
+    """An operator's text as an error line quotes it: escaped, and cut when long."""
+    return repr(text) if len(text) <= _QUOTED else repr(text[:_QUOTED]) + f"... ({len(text)} characters)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (not the usage text, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        text = one_line(message)
+        if len(text) > 300:
+            text = text[:300] + "..."
+        self.exit(USAGE, f"{self.prog}: {text} (see {self.prog} --help)\n")
 
 
 class CommandError(Exception):
@@ -35,11 +59,12 @@ def integer(low: int, high: int) -> Callable[[str], int]:
 
     def parse(text: str) -> int:
         if not _INTEGER.fullmatch(text.strip()):
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}")
-        return value
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {quoted(text)}")
+        if len(text.strip().lstrip("+-").lstrip("0")) > _MAX_DIGITS or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {quoted(text)}"
+            )
+        return int(text)
 
     return parse
 
@@ -49,12 +74,12 @@ def seconds(low: float, high: float, *, above_low: bool = False) -> Callable[[st
 
     def parse(text: str) -> float:
         if not _DECIMAL.fullmatch(text.strip()):
-            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
-        value = float(text)
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, got {quoted(text)}")
+        value = float(text)  # finite or +-inf (1e999): no NaN matches _DECIMAL
         if not (low < value if above_low else low <= value) or value > high:
             bound = "above" if above_low else "from"
             raise argparse.ArgumentTypeError(
-                f"expected a number of seconds {bound} {low:g} up to {high:g}, got {text!r}"
+                f"expected a number of seconds {bound} {low:g} up to {high:g}, got {quoted(text)}"
             )
         return value
 
@@ -91,8 +116,9 @@ MAX_OUTBOX_ID = 2**64 - 1
 def outbox_ids(text: str) -> list[int]:
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts or not all(_INTEGER.fullmatch(part) for part in parts):
-        raise argparse.ArgumentTypeError(f"expected comma-separated outbox ids, got {text!r}")
-    ids = sorted({int(part) for part in parts})
-    if ids[0] <= 0 or ids[-1] > MAX_OUTBOX_ID:
-        raise argparse.ArgumentTypeError(f"expected outbox ids from 1 to {MAX_OUTBOX_ID}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated outbox ids, got {quoted(text)}")
+    too_long = any(len(part.lstrip("+-").lstrip("0")) > _MAX_DIGITS for part in parts)
+    ids = [] if too_long else sorted({int(part) for part in parts})
+    if not ids or ids[0] <= 0 or ids[-1] > MAX_OUTBOX_ID:
+        raise argparse.ArgumentTypeError(f"expected outbox ids from 1 to {MAX_OUTBOX_ID}, got {quoted(text)}")
     return ids
