@@ -31,13 +31,12 @@ from .cli_common import (
     integer,
     one_line,
     quoted,
-    relay_runtime,
     seconds,
+    store_runtime,
     table,
 )
 from .config import ConfigError
 from .migrate import MigrationError
-from .ports import NullMetrics
 from .rowtext import shown
 
 
@@ -99,7 +98,7 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    runtime = relay_runtime()
+    runtime = store_runtime()
     status = runtime.admin().status()
     if args.json:
         print(json.dumps(status.as_dict(), indent=2))
@@ -151,8 +150,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    runtime = relay_runtime()
-    preview = runtime.relay(runtime.config.relay, NullMetrics(), owner="dry-run").preview(args.limit)
+    runtime = store_runtime()
+    preview = runtime.preview(args.limit)
     rows = [
         [
             r.id,
@@ -174,7 +173,7 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def _janitor(args: argparse.Namespace) -> int:
-    runtime = relay_runtime()
+    runtime = store_runtime()
     retention = runtime.config.retention
     print(
         f"deleting PUBLISHED rows older than {retention.published_seconds}s and DEAD rows older than "

@@ -6,9 +6,13 @@ import argparse
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .config import load_config
+from .config import load_config, load_dlq_queue_url, load_store_config
+
+if TYPE_CHECKING:  # the relay extra's modules, imported when a command runs
+    from .deadletter_sqs import SqsDeadLetterSink
+    from .runtime import StoreRuntime
 
 # Exit statuses, distinct so that a script can tell them apart (README, "Exit codes").
 DONE = 0
@@ -104,9 +108,26 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def relay_runtime() -> Any:
+    """The Lambda's runtime (every setting required: Kafka, the dead-letter queue)."""
     from .runtime import runtime_for
 
     return runtime_for(load_config(os.environ))
+
+
+def store_runtime() -> StoreRuntime:
+    """The database alone: no Kafka or dead-letter queue settings needed."""
+    from .runtime import StoreRuntime
+
+    return StoreRuntime(load_store_config(os.environ))
+
+
+def dead_letter_queue() -> SqsDeadLetterSink:
+    """The dead-letter queue (``DLQ_QUEUE_URL``, required here only), for ``--from-dlq``/``--dlq``;
+    ``.queue_url`` names it."""
+    from . import aws_clients
+    from .deadletter_sqs import SqsDeadLetterSink
+
+    return SqsDeadLetterSink(aws_clients.sqs_client, load_dlq_queue_url(os.environ))
 
 
 # The outbox id column is BIGINT UNSIGNED.

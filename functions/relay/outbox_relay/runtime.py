@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
 from . import aws_clients
 from .admin_mysql import OutboxAdmin
-from .config import Config, RelaySettings
+from .config import Config, RelaySettings, StoreConfig
 from .db import SecretReader, connector
 from .dead_letters import DeadLetterDispatch, within
 from .deadletter_sqs import SqsDeadLetterSink
 from .kafka_auth import auth_config
+from .messages import encode
+from .model import OutboxRecord
 from .ports import CredentialsUnavailable, Metrics, SystemClock
+from .preview import preview
 from .publisher_kafka import KafkaPublisher
 from .relay import Relay
 from .sql import OutboxSql
@@ -123,6 +127,41 @@ class Runtime:
         self.publisher.close()
         self.store.close()
         self.finalize_store.close()
+
+
+class StoreRuntime:
+    """The outbox store alone, for the operator commands that use only the database (status,
+    dry-run, janitor): no Kafka producer, no dead-letter queue, so no settings for them."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        db = config.database
+
+        def time_left() -> float:
+            return self.store.statement_timeout()
+
+        connect = connector(db, bounded(time_left), timeout=time_left)
+        self.store = MySQLOutboxStore(
+            connect,
+            OutboxSql(db.table),
+            db.lock_wait_timeout_seconds,
+            delete_on_publish=config.retention.published_seconds == 0,
+        )
+
+    def bound(self, deadline: float) -> None:
+        """As :meth:`Runtime.bound`: connects, statements and retries end by ``deadline`` (+0.5 s)."""
+        self.store.deadline = deadline
+
+    def admin(self) -> OutboxAdmin:
+        return OutboxAdmin(self.store, self.config.relay.topic_template, self.config.retention)
+
+    def preview(self, limit: int) -> list[tuple[OutboxRecord, str]]:
+        """:meth:`Relay.preview`: the same rows and verdicts, without a publisher."""
+        settings = self.config.relay
+        return preview(self.store, partial(encode, settings=settings), limit, settings)
+
+    def close(self) -> None:
+        self.store.close()
 
 
 _current: Runtime | None = None
