@@ -63,7 +63,14 @@ option_values = st.one_of(
 )
 
 # Each numeric option of invoke, status, dry-run and janitor.
-NUMERIC_OPTIONS = [("invoke", "--timeout"), ("dry-run", "--limit"), ("janitor", "--max-seconds")]
+NUMERIC_OPTIONS = [
+    ("invoke", "--timeout"),
+    ("status", "--timeout"),
+    ("dry-run", "--limit"),
+    ("dry-run", "--timeout"),
+    ("janitor", "--max-seconds"),
+    ("janitor", "--timeout"),
+]
 OTHER_WORDS = ["--json", "--event", "--help", "-h", "--", "-", "--timeout=", "--limit=", "--max-seconds"]
 
 

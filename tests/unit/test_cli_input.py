@@ -81,7 +81,9 @@ def test_a_seconds_option_takes_a_finite_plain_decimal_in_range_or_refuses_in_on
 def test_every_plain_value_in_range_is_taken_as_written(limit: int, prefix: str) -> None:
     args = cli.parser().parse_args(["dry-run", "--limit", f"{prefix}{limit}"])
     assert args.limit == limit
-    assert cli.parser().parse_args(["invoke", f"--timeout={limit / 1000 + 1}"]).timeout == limit / 1000 + 1
+    for command in ("invoke", "status", "dry-run", "janitor"):
+        timeout = cli.parser().parse_args([command, f"--timeout={limit / 1000 + 1}"]).timeout
+        assert timeout == limit / 1000 + 1
 
 
 @pytest.mark.parametrize(
@@ -99,6 +101,11 @@ def test_every_plain_value_in_range_is_taken_as_written(limit: int, prefix: str)
         (["janitor", "--max-seconds", "nan"], "expected a number of seconds, got 'nan'"),
         (["janitor", "--max-seconds", "0"], "above 0 up to 86400, got '0'"),
         (["janitor", "--max-seconds", "1e999"], "above 0 up to 86400, got '1e999'"),
+        (["status", "--timeout", "0"], "from 1 up to 86400, got '0'"),
+        (["status", "--timeout", "nan"], "expected a number of seconds, got 'nan'"),
+        (["dry-run", "--timeout", "-1"], "from 1 up to 86400, got '-1'"),
+        (["janitor", "--timeout", "1e999"], "from 1 up to 86400, got '1e999'"),
+        (["janitor", "--timeout", "86401"], "from 1 up to 86400, got '86401'"),
         (
             ["dry-run", "--limit", "9" * 5000],
             "got '9999999999999999999999999999999999999999'... (5000 characters)",

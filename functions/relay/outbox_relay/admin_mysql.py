@@ -117,10 +117,17 @@ class OutboxAdmin:
 
     # --- retention -----------------------------------------------------------------------
 
-    def janitor(self, retention: RetentionSettings, deadline: float, progress: Progress) -> JanitorReport:
+    def janitor(
+        self,
+        retention: RetentionSettings,
+        deadline: float,
+        progress: Progress,
+        report: JanitorReport | None = None,
+    ) -> JanitorReport:
         """Delete PUBLISHED rows older than their retention and DEAD rows older than theirs, in
-        batches of ``retention.batch_size``, each its own short autocommit statement."""
-        report = JanitorReport()
+        batches of ``retention.batch_size``, each its own short autocommit statement.  ``report``
+        (counted into as it goes) tells the caller what was done when this raises."""
+        report = JanitorReport() if report is None else report
         plan = (
             ("published", self.sql.purge_published, retention.published_seconds),
             ("dead", self.sql.purge_dead, retention.dead_seconds),

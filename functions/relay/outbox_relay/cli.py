@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -22,21 +23,30 @@ from typing import Any
 
 from . import cli_dead, cli_letters, cli_schema
 from .cli_common import (
+    DEFAULT_TIMEOUT_SECONDS,
+    DONE,
     FAILED,
+    MAX_TIMEOUT_SECONDS,
+    MIN_TIMEOUT_SECONDS,
     REFUSED,
     USAGE,
     CommandError,
     CommandFailed,
     Parser,
+    add_timeout,
+    command_deadline,
     integer,
     one_line,
     quoted,
+    retries,
     seconds,
+    store_failed,
     store_runtime,
     table,
 )
-from .config import ConfigError
+from .config import ConfigError, load_config
 from .migrate import MigrationError
+from .ports import StoreUnavailable
 from .rowtext import shown
 
 
@@ -87,10 +97,20 @@ def _invoke(args: argparse.Namespace) -> int:
     from .handler import lambda_handler
 
     event = _event(args.event)
-    summary = lambda_handler(event, LocalContext(args.timeout))
+    try:
+        margin = load_config(os.environ).relay.stop_margin_seconds
+    except ConfigError:
+        margin = 0.0  # the handler answers with the problem, as the function would
+    if args.timeout <= margin:
+        raise ValueError(
+            f"--timeout {args.timeout:g} leaves the run no time: it stops "
+            f"OUTBOX_STOP_MARGIN_SECONDS={margin:g} s before the end"
+        )
+    # The function's timeout counts from the command's start, imports included.
+    summary = lambda_handler(event, LocalContext(args.started + args.timeout - time.monotonic()))
     print(json.dumps(summary, indent=2))
     if summary.get("ok"):
-        return 0
+        return DONE
     stopped = summary.get("stopped_by")
     why = f"the run failed ({stopped})" if stopped else "not run"
     print(f"outbox-relay invoke: {why}: {one_line(str(summary.get('error')))}", file=sys.stderr)
@@ -98,11 +118,14 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    runtime = store_runtime()
-    status = runtime.admin().status()
+    runtime = store_runtime(command_deadline(args))
+    try:
+        status = runtime.admin().status()
+    except StoreUnavailable as exc:
+        raise store_failed(args, runtime, exc, "nothing was changed") from exc
     if args.json:
         print(json.dumps(status.as_dict(), indent=2))
-        return 0
+        return DONE
     db = runtime.config.database
     print(f"outbox `{db.table}` on {db.host}:{db.port}/{db.name}")
     print(
@@ -146,12 +169,15 @@ def _status(args: argparse.Namespace) -> int:
                 ],
             )
         )
-    return 0
+    return DONE
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    runtime = store_runtime()
-    preview = runtime.preview(args.limit)
+    runtime = store_runtime(command_deadline(args))
+    try:
+        preview = runtime.preview(args.limit)
+    except StoreUnavailable as exc:
+        raise store_failed(args, runtime, exc, "nothing was leased, written or sent") from exc
     rows = [
         [
             r.id,
@@ -169,22 +195,46 @@ def _dry_run(args: argparse.Namespace) -> int:
         f"\n{len(preview)} row(s) at the heads of the shards: {publish} would be published "
         "(nothing was leased, written or sent)"
     )
-    return 0
+    return DONE
 
 
 def _janitor(args: argparse.Namespace) -> int:
-    runtime = store_runtime()
+    from .admin_mysql import JanitorReport
+
+    if args.timeout is None:
+        args.timeout = args.max_seconds + JANITOR_TIMEOUT_ROOM_SECONDS
+    deadline = args.started + args.timeout
+    runtime = store_runtime(deadline)
     retention = runtime.config.retention
     print(
         f"deleting PUBLISHED rows older than {retention.published_seconds}s and DEAD rows older than "
-        f"{retention.dead_seconds}s, {retention.batch_size} at a time..."
+        f"{retention.dead_seconds}s, {retention.batch_size} at a time...",
+        flush=True,
     )
-    report = runtime.admin().janitor(retention, time.monotonic() + args.max_seconds, print)
-    print(
-        f"done: {report.deleted_published} published and {report.deleted_dead} dead row(s) deleted in "
-        f"{report.batches} batch(es) ({report.stopped_by})"
-    )
-    return 0
+    report = JanitorReport()
+
+    def done() -> str:
+        return (
+            f"{report.deleted_published} published and {report.deleted_dead} dead row(s) deleted in "
+            f"{report.batches} batch(es)"
+        )
+
+    # No batch starts in the last second of --timeout: a batch takes milliseconds.
+    stop = min(args.started + args.max_seconds, deadline - JANITOR_LAST_BATCH_SECONDS)
+
+    def progress(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        runtime.admin().janitor(retention, stop, progress, report)
+    except StoreUnavailable as exc:
+        raise store_failed(args, runtime, exc, f"{done()} before that") from exc
+    print(f"done: {done()} ({report.stopped_by})")
+    return DONE
+
+
+JANITOR_TIMEOUT_ROOM_SECONDS = 30.0  # janitor: the default --timeout is --max-seconds plus this
+JANITOR_LAST_BATCH_SECONDS = 1.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -200,15 +250,17 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--event", help="event JSON file (- for stdin); default: {} (a manual run)")
     i.add_argument(
         "--timeout",
-        type=seconds(1, MAX_LAMBDA_TIMEOUT_SECONDS),
-        default=60.0,
+        type=seconds(MIN_TIMEOUT_SECONDS, MAX_LAMBDA_TIMEOUT_SECONDS),
+        default=DEFAULT_TIMEOUT_SECONDS,
         metavar="SECONDS",
-        help="the function timeout to simulate, 1 to 900 (default %(default)s)",
+        help="the function timeout to simulate, 1 to 900 (default %(default)s): the run stops "
+        "OUTBOX_STOP_MARGIN_SECONDS before it",
     )
     i.set_defaults(run=_invoke)
 
     s = sub.add_parser("status", help="pending, oldest age, dead, per-topic counts, leases held")
     s.add_argument("--json", action="store_true")
+    add_timeout(s)
     s.set_defaults(run=_status)
 
     d = sub.add_parser("dry-run", help="what the next run would publish first (reads only)")
@@ -218,16 +270,18 @@ def parser() -> argparse.ArgumentParser:
         default=50,
         help=f"rows to show, 1 to {MAX_LIMIT} (default %(default)s)",
     )
+    add_timeout(d)
     d.set_defaults(run=_dry_run)
 
     j = sub.add_parser("janitor", help="delete PUBLISHED and DEAD rows past their retention, in batches")
     j.add_argument(
         "--max-seconds",
-        type=seconds(0, 86_400, above_low=True),
+        type=seconds(0, MAX_TIMEOUT_SECONDS, above_low=True),
         default=300.0,
         metavar="SECONDS",
-        help="stop after this long (default %(default)s)",
+        help="start no batch after this long (default %(default)s)",
     )
+    add_timeout(j, None, "give up after this long, exit 1 (default: --max-seconds + 30)")
     j.set_defaults(run=_janitor)
 
     cli_dead.add_parsers(sub)
@@ -241,15 +295,11 @@ MAX_LIMIT = 10_000
 MAX_LAMBDA_TIMEOUT_SECONDS = 900.0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(args: argparse.Namespace) -> int:
+    """The command, its errors as one line on stderr and an exit status."""
     from .admin_dead import Interrupted
     from .admin_mysql import AdminError
-    from .ports import StoreUnavailable
 
-    try:
-        args = parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error (one line: cli_common.Parser)
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else USAGE)
     try:
         code: int = args.run(args)
     except (MigrationError, AdminError, CommandError) as exc:
@@ -275,6 +325,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return USAGE
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # --timeout counts from here
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error (one line: cli_common.Parser)
+        return exc.code if isinstance(exc.code, int) else (DONE if exc.code is None else USAGE)
+    args.started = started
+    if args.command != "invoke":  # invoke logs as the function does
+        retries.install(args.command)
+    try:
+        return _run(args)
+    finally:
+        retries.remove()
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
+import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -29,6 +32,11 @@ _MAX_DIGITS = 30
 # What an error line quotes of an operator's text at most.
 _QUOTED = 40
 
+# The bound on a whole command (`--timeout`): connects, statements and retries fit inside it.
+DEFAULT_TIMEOUT_SECONDS = 60.0
+MIN_TIMEOUT_SECONDS = 1.0
+MAX_TIMEOUT_SECONDS = 86_400.0
+
 
 def one_line(text: str) -> str:
     """``text`` with its control characters escaped: an error is one line, whatever was typed."""
@@ -48,6 +56,27 @@ class Parser(argparse.ArgumentParser):
         if len(text) > 300:
             text = text[:300] + "..."
         self.exit(USAGE, f"{self.prog}: {text} (see {self.prog} --help)\n")
+
+
+def add_timeout(
+    parser: argparse.ArgumentParser,
+    default: float | None = DEFAULT_TIMEOUT_SECONDS,
+    help: str = "give up after this long, exit 1 (default %(default)s)",
+) -> None:
+    """The option bounding the whole command (a database that never answers included)."""
+    parser.add_argument(
+        "--timeout",
+        type=seconds(MIN_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS),
+        default=default,
+        metavar="SECONDS",
+        help=help,
+    )
+
+
+def command_deadline(args: argparse.Namespace) -> float | None:
+    """When the command's ``--timeout`` runs out (monotonic), counted from main's start."""
+    timeout = getattr(args, "timeout", None)
+    return None if timeout is None else float(args.started + timeout)
 
 
 class CommandError(Exception):
@@ -114,11 +143,17 @@ def relay_runtime() -> Any:
     return runtime_for(load_config(os.environ))
 
 
-def store_runtime() -> StoreRuntime:
-    """The database alone: no Kafka or dead-letter queue settings needed."""
+def store_runtime(deadline: float | None = None) -> StoreRuntime:
+    """The database alone (no Kafka or dead-letter queue settings needed), its connects,
+    statements and retries ended by ``deadline`` (monotonic; see :func:`command_deadline`)."""
     from .runtime import StoreRuntime
+    from .store_mysql import PAST_DEADLINE_SECONDS
 
-    return StoreRuntime(load_store_config(os.environ))
+    runtime = StoreRuntime(load_store_config(os.environ))
+    if deadline is not None:
+        # The store lets a statement run PAST_DEADLINE_SECONDS past its deadline.
+        runtime.bound(deadline - PAST_DEADLINE_SECONDS)
+    return runtime
 
 
 def dead_letter_queue() -> SqsDeadLetterSink:
@@ -128,6 +163,56 @@ def dead_letter_queue() -> SqsDeadLetterSink:
     from .deadletter_sqs import SqsDeadLetterSink
 
     return SqsDeadLetterSink(aws_clients.sqs_client, load_dlq_queue_url(os.environ))
+
+
+def store_failed(args: argparse.Namespace, runtime: StoreRuntime, exc: Exception, done: str) -> CommandFailed:
+    """A database failure as the command's one line: where, what, whether ``--timeout`` cut it,
+    and ``done`` (what the command did or left unchanged)."""
+    db = runtime.config.database
+    deadline = command_deadline(args)
+    cut = ""
+    if deadline is not None and time.monotonic() >= deadline - 1.0:  # the store's own slack, and some
+        cut = f"stopped at --timeout ({args.timeout:g} s): "
+    return CommandFailed(f"{cut}database {db.host}:{db.port}: {exc}{retries.told(exc)}; {done}")
+
+
+class RetryLog(logging.Handler):
+    """The store's "database retry" warnings, kept quiet while the command runs: the command's
+    error line says how often its failing operation was tried.  Other warnings: one line each."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.command = ""
+        self.operation: str | None = None
+        self.tries = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        operation = getattr(record, "operation", None)
+        if record.getMessage() == "database retry" and isinstance(operation, str):
+            self.tries = self.tries + 1 if operation == self.operation else 1
+            self.operation = operation
+            return
+        print(f"outbox-relay {self.command}: {one_line(record.getMessage())}", file=sys.stderr)
+
+    def told(self, exc: Exception) -> str:
+        """How often the last operation retried was tried: each failed try but the last one cut
+        short (a deadline, an error not worth retrying) is logged; all are once RETRIES failed."""
+        from .store_mysql import RETRIES
+
+        if self.operation is None or not str(exc).startswith(f"{self.operation}:"):
+            return ""
+        tries = self.tries if self.tries >= RETRIES else self.tries + 1
+        return f" (tried {tries} times)" if tries > 1 else ""
+
+    def install(self, command: str) -> None:
+        self.command, self.operation, self.tries = command, None, 0
+        logging.getLogger("outbox_relay").addHandler(self)
+
+    def remove(self) -> None:
+        logging.getLogger("outbox_relay").removeHandler(self)
+
+
+retries = RetryLog()
 
 
 # The outbox id column is BIGINT UNSIGNED.
