@@ -3,12 +3,17 @@ accepts TCP and never answers is a listening socket of the test's own on 127.0.0
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from outbox_relay import cli
 from outbox_relay.cli_common import FAILED, USAGE
 from tests.unit.hostile import check, run
 
@@ -85,3 +90,67 @@ def test_invoke_refuses_a_timeout_that_leaves_the_run_no_time() -> None:
         "OUTBOX_STOP_MARGIN_SECONDS=2 s before the end\n"
     )
     assert outcome.out == ""
+
+
+def test_ctrl_c_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*_: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_status", interrupted)
+    outcome = run(["status"])
+    assert (outcome.code, outcome.err) == (FAILED, "outbox-relay status: interrupted\n")
+    monkeypatch.setattr(cli, "parser", interrupted)
+    outcome = run(["status"])
+    assert (outcome.code, outcome.err) == (FAILED, "outbox-relay: interrupted\n")
+
+
+def test_a_bug_is_still_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> int:
+        raise TypeError("unsupported operand\nsecond line")
+
+    monkeypatch.setattr(cli, "_status", broken)
+    outcome = run(["status"])
+    assert (outcome.code, outcome.err) == (
+        FAILED,
+        "outbox-relay status: unexpected error, please report it: "
+        "TypeError: unsupported operand\\nsecond line\n",
+    )
+
+
+def _command(argv: list[str], env: dict[str, str], stdout: int) -> subprocess.Popen[str]:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OUTBOX_", "KAFKA_", "DLQ_", "PYTHONUNBUF"))
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "outbox_relay.cli", *argv],
+        env={**clean, **env},
+        stderr=subprocess.PIPE,
+        stdout=stdout,
+        text=True,
+    )
+
+
+def test_ctrl_c_while_waiting_for_the_database_is_one_line(silent: socket.socket) -> None:
+    command = _command(
+        ["status", "--timeout", "60"],
+        {**DATABASE_ONLY, "OUTBOX_DB_PORT": _port(silent)},
+        stdout=subprocess.PIPE,
+    )
+    silent.settimeout(30)
+    conn, _ = silent.accept()  # the command is in main, waiting for the greeting
+    with conn:
+        command.send_signal(signal.SIGINT)
+        out, err = command.communicate(timeout=10)
+    assert (command.returncode, out, err) == (FAILED, "", "outbox-relay status: interrupted\n")
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])  # a print fails, or the flush at the end
+def test_a_closed_pipe_ends_the_command_quietly(unbuffered: str) -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte (`outbox-relay --help | true`)
+    try:
+        command = _command(["--help"], {"PYTHONUNBUFFERED": unbuffered}, stdout=write)
+    finally:
+        os.close(write)
+    _, err = command.communicate(timeout=30)
+    assert (command.returncode, err) == (0, "")

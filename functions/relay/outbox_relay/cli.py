@@ -13,6 +13,7 @@ option or setting), 3 refused or only previewed (nothing was changed), 4 nothing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -229,6 +230,8 @@ def _janitor(args: argparse.Namespace) -> int:
         runtime.admin().janitor(retention, stop, progress, report)
     except StoreUnavailable as exc:
         raise store_failed(args, runtime, exc, f"{done()} before that") from exc
+    except KeyboardInterrupt:
+        raise CommandFailed(f"interrupted: {done()}") from None
     print(f"done: {done()} ({report.stopped_by})")
     return DONE
 
@@ -302,6 +305,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         code: int = args.run(args)
+    except BrokenPipeError:  # an OSError, but no bad file: main() ends quietly
+        raise
     except (MigrationError, AdminError, CommandError) as exc:
         print(f"outbox-relay {args.command}: {one_line(str(exc))}", file=sys.stderr)
         return REFUSED
@@ -329,17 +334,37 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()  # --timeout counts from here
+    command = "outbox-relay"
+    code: int | None = None
     try:
-        args = parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error (one line: cli_common.Parser)
-        return exc.code if isinstance(exc.code, int) else (DONE if exc.code is None else USAGE)
-    args.started = started
-    if args.command != "invoke":  # invoke logs as the function does
-        retries.install(args.command)
-    try:
-        return _run(args)
-    finally:
-        retries.remove()
+        try:
+            args = parser().parse_args(argv)
+        except SystemExit as exc:  # --help, or a usage error (one line: cli_common.Parser)
+            code = exc.code if isinstance(exc.code, int) else (DONE if exc.code is None else USAGE)
+        else:
+            args.started = started
+            command = f"outbox-relay {args.command}"
+            if args.command != "invoke":  # invoke logs as the function does
+                retries.install(args.command)
+            try:
+                code = _run(args)
+            finally:
+                retries.remove()
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader left (`outbox-relay status | head -1`): end quietly.  Python's recipe: point
+        # stdout at /dev/null, so that the flush at exit does not fail again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return DONE if code is None else code
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return FAILED
+    except Exception as exc:  # a bug: still one line, not a traceback
+        why = one_line(f"{type(exc).__name__}: {exc}")
+        print(f"{command}: unexpected error, please report it: {why}", file=sys.stderr)
+        return FAILED
 
 
 if __name__ == "__main__":
