@@ -1,8 +1,10 @@
-"""The operator commands on a real database: the database-only commands need no Kafka or
-dead-letter queue settings; a closed pipe or Ctrl-C ends a command quietly."""
+"""Hostile option values on a real database: status, dry-run, janitor and invoke answer with an
+exit status and at most one line, and change nothing; the database-only commands need no Kafka
+or dead-letter queue settings; a closed pipe or Ctrl-C ends a command quietly."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -12,12 +14,20 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from outbox_relay import admin_mysql
-from outbox_relay.cli_common import DONE, FAILED, dead_letter_queue
+from outbox_relay.cli_common import DONE, FAILED, USAGE, dead_letter_queue, seconds
 from outbox_relay.config import ConfigError
 from tests import support
-from tests.unit.hostile import check, run
+from tests.unit.hostile import NUMERIC_OPTIONS, check, option_values, run
+
+ON_A_DATABASE = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _env(database: support.Database, **extra: str) -> dict[str, str]:
@@ -43,6 +53,42 @@ def outbox(database: support.Database) -> support.Database:
     database.query("UPDATE outbox SET status = 'PUBLISHED', published_at = UTC_TIMESTAMP(6) WHERE id = 1")
     database.query("UPDATE outbox SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6) WHERE id = 2")
     return database
+
+
+DATABASE_OPTIONS = [o for o in NUMERIC_OPTIONS if o[0] != "invoke"]
+
+
+def _refused_by(parse: Any) -> Any:
+    def refused(text: str) -> bool:
+        try:
+            parse(text)
+        except argparse.ArgumentTypeError:
+            return True
+        return False
+
+    return refused
+
+
+@ON_A_DATABASE
+@given(st.sampled_from(DATABASE_OPTIONS), option_values)
+def test_hostile_values_on_a_database_end_in_an_exit_status_and_change_nothing(
+    outbox: support.Database, option: tuple[str, str], value: str
+) -> None:
+    before = _snapshot(outbox)
+    outcome = run([option[0], f"{option[1]}={value}"], _env(outbox))
+    check(outcome, lambda code: code in (DONE, USAGE))
+    assert _snapshot(outbox) == before
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(option_values.filter(_refused_by(seconds(1, 900))))
+def test_invoke_refuses_a_hostile_timeout_before_running(
+    outbox: support.Database, relay_env: dict[str, str], value: str
+) -> None:
+    before = _snapshot(outbox)
+    outcome = run(["invoke", f"--timeout={value}"], relay_env)
+    check(outcome, lambda code: code == USAGE)
+    assert _snapshot(outbox) == before
 
 
 @pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["dry-run"], ["janitor"]])
