@@ -5,9 +5,11 @@
     janitor   delete old PUBLISHED / DEAD rows       redrive   DEAD rows (or DLQ messages) back
     purge     delete DEAD rows (and their dead letters)   topics    create or read topics
 
-Reads the same environment variables as the Lambda function.  Errors are one line on stderr.
-Exit status: 0 done, 1 failed (a dependency; the message says what was done), 2 usage (a bad
-option or setting), 3 refused or only previewed (nothing was changed), 4 nothing to do.
+Reads the same environment variables as the Lambda function (status, dry-run and janitor only
+the database's).  --timeout SECONDS bounds a whole command (default 60).  Errors are one line on
+stderr.  Exit status: 0 done (or stdout closed), 1 failed (a dependency, --timeout, Ctrl-C, a run
+not ok; the message says what was done), 2 usage (a bad option or setting), 3 refused or only
+previewed (nothing was changed), 4 nothing to do.
 """
 
 from __future__ import annotations
@@ -245,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
         prog="outbox-relay",
         description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(__doc__ or "").split("\n\n")[1],
+        epilog="\n\n".join((__doc__ or "").split("\n\n")[1:]),
     )
     sub = p.add_subparsers(dest="command", required=True)
 
