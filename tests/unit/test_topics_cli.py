@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from outbox_relay import cli, cli_schema, kafka_tools
@@ -96,6 +96,9 @@ def one_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_a_topic_name_is_judged_by_the_relays_rule_before_kafka_is_called(
     name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Python 3.11's argparse drops every "--" from the positionals, not only the first (fixed in
+    # 3.12): a topic named "--" cannot be given on 3.11's command line at all.
+    assume(name != "--")
     FakeAdmin.made, FakeAdmin.created = [], {}
     code = cli.main(["topics", "ensure", "--", name])
     if legal_topic(name):
@@ -118,10 +121,8 @@ def test_partitions_are_a_whole_number_from_1_to_1000(value: str, capsys: pytest
     FakeAdmin.created = {}
     # Plain decimals only (cli_common.integer): no 1_0, 0x10, ¹, 1e3.
     expected = int(value) if re.fullmatch(r"[+-]?[0-9]+", value.strip()) else None
-    try:
-        code = cli.main(["topics", "ensure", "t", f"--partitions={value}"])
-    except SystemExit as exit_:
-        assert exit_.code == USAGE
+    code = cli.main(["topics", "ensure", "t", f"--partitions={value}"])
+    if code == USAGE:
         assert expected is None or not 1 <= expected <= 1000, value
         assert FakeAdmin.created == {}
     else:
@@ -142,9 +143,7 @@ def test_partitions_are_a_whole_number_from_1_to_1000(value: str, capsys: pytest
     ],
 )
 def test_other_options_are_checked(argv: list[str], bad: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["topics", *argv])
-    assert exit_.value.code == USAGE
+    assert cli.main(["topics", *argv]) == USAGE
     assert f"argument {bad}" in capsys.readouterr().err
     assert FakeAdmin.made == [] and FakeConsumer.made == []
 
