@@ -4,6 +4,7 @@ and Ctrl-C at every statement boundary."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from outbox_relay import admin_dead, cli, dlq_admin
-from outbox_relay.cli_common import DONE, FAILED, NOTHING_TO_DO, REFUSED
+from outbox_relay.cli_common import DONE, FAILED, NOTHING_TO_DO, REFUSED, USAGE
 from outbox_relay.dlq_admin import DeadLetterQueueAdmin
 from tests import support
 from tests.sqs_rules import sqs_accepts
@@ -149,7 +150,7 @@ def test_redrive_from_the_dlq_trusts_a_letter_only_when_it_names_a_dead_row_by_b
     assert listed["counts"] == {
         "redrivable": 0,
         "stale": 0,
-        "in flight": 0,
+        "pending": 0,
         "unmatched": 3,
         "malformed": len(HOSTILE),
     }
@@ -209,64 +210,83 @@ def test_no_letter_body_crashes_the_letter_commands_or_redrives_a_row_it_does_no
 # --- purge acts on what the preview showed ---------------------------------------------------
 
 
+def _guard(out: str) -> list[str]:
+    """The purge command the preview printed, as arguments."""
+    (line,) = [x for x in out.splitlines() if "To delete exactly these: outbox-relay purge " in x]
+    return line.split("outbox-relay purge ", 1)[1].split()
+
+
 def test_purge_all_deletes_only_the_previewed_rows_and_refuses_when_they_changed(
     database: support.Database,
     relay_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    database.insert([support.Event("acct", "early", "e", b"{}")])  # id 1, pending for now
+    database.insert([support.Event("acct", "early", "e", b"{}")])  # pending for now
+    (early,) = [i for (i,) in database.query("SELECT id FROM outbox")]
     rows = _dead(database, "A", 3)
     top = rows[-1][0]
 
     assert _cli(relay_env, monkeypatch, "purge", "--all") == REFUSED
-    assert f"outbox-relay purge --all --max-id {top} --expect 3 --yes" in capsys.readouterr().out
-    assert _cli(relay_env, monkeypatch, "purge", "--all", "--yes") == REFUSED
-    assert f"needs the guard the preview printed (--all --max-id {top} --expect 3)" in capsys.readouterr().err
+    guard = _guard(capsys.readouterr().out)
+    assert guard[:4] == ["--all", "--max-id", str(top), "--expect"] and guard[-1] == "--yes", guard
+    assert guard[4].startswith("3:"), guard
+    assert _cli(relay_env, monkeypatch, "purge", "--all", "--yes") == USAGE
+    assert "needs the guard the preview (purge --all) prints" in capsys.readouterr().err
 
-    # Between preview and purge an older row goes DEAD: the set changed, nothing is deleted.
-    database.query(
-        "UPDATE outbox SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6) WHERE aggregate_id = 'early'"
-    )
-    assert (
-        _cli(relay_env, monkeypatch, "purge", "--all", "--max-id", str(top), "--expect", "3", "--yes")
-        == REFUSED
-    )
-    assert f"4 DEAD row(s) up to id {top} now, the preview showed 3" in capsys.readouterr().err
-    assert database.status_counts() == {"DEAD": 4}
+    # Between preview and purge one shown row is redriven and an older one goes DEAD: the same
+    # count, another set.  Nothing is deleted.
+    database.query("UPDATE outbox SET status = 'PENDING', dead_at = NULL WHERE id = %s", rows[0][0])
+    database.query("UPDATE outbox SET status = 'DEAD', dead_at = UTC_TIMESTAMP(6) WHERE id = %s", early)
+    assert _cli(relay_env, monkeypatch, "purge", *guard) == REFUSED
+    assert f"the DEAD rows up to id {top} changed since the preview" in capsys.readouterr().err
+    assert database.status_counts() == {"DEAD": 3, "PENDING": 1}
 
     later = _dead(database, "B", 1)  # past the guard's max id: kept
-    assert (
-        _cli(relay_env, monkeypatch, "purge", "--all", "--max-id", str(top), "--expect", "4", "--yes") == DONE
-    )
-    assert "deleted 4 DEAD row(s)" in capsys.readouterr().out
-    assert [r["id"] for r in database.rows()] == [later[0][0]]
+    assert _cli(relay_env, monkeypatch, "purge", "--all", "--max-id", str(top)) == REFUSED
+    guard = _guard(capsys.readouterr().out)
+    assert _cli(relay_env, monkeypatch, "purge", *guard) == DONE
+    assert "deleted 3 DEAD row(s)" in capsys.readouterr().out
+    assert sorted(r["id"] for r in database.rows()) == [rows[0][0], later[0][0]]
 
 
 # --- leases ------------------------------------------------------------------------------------
 
 
-def test_unlease_ends_an_operator_lease_and_never_a_relays(
+def _lease(database: support.Database, shard: int, owner: str) -> None:
+    database.query(
+        "UPDATE outbox_shard SET lease_owner = %s, lease_token = %s,"
+        " lease_until = UTC_TIMESTAMP(6) + INTERVAL 600 SECOND WHERE shard = %s",
+        owner,
+        f"{shard:016d}",
+        shard,
+    )
+
+
+def test_unlease_ends_a_dead_operator_commands_lease_and_never_a_relays_or_a_running_ones(
     database: support.Database,
     relay_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    database.query(
-        "UPDATE outbox_shard SET lease_owner = 'operator redrive host pid 1',"
-        " lease_token = 'xxxxxxxxxxxxxxxx', lease_until = UTC_TIMESTAMP(6) + INTERVAL 600 SECOND"
-        " WHERE shard = 3"
-    )
-    database.query(
-        "UPDATE outbox_shard SET lease_owner = 'relay-request-1', lease_token = 'yyyyyyyyyyyyyyyy',"
-        " lease_until = UTC_TIMESTAMP(6) + INTERVAL 600 SECOND WHERE shard = 5"
-    )
+    here = admin_dead.operator_owner("redrive").split()[2]
+    _lease(database, 3, f"operator redrive {here} pid {os.getpid() + 1_000_000}")  # no such process
+    _lease(database, 4, admin_dead.operator_owner("redrive"))  # this test's own pid: running
+    _lease(database, 5, "relay-request-1")
+    _lease(database, 6, "operator purge other-host pid 12")
+
     assert _cli(relay_env, monkeypatch, "unlease", "--shards", "5") == REFUSED
     assert "shard 5: leased by relay-request-1" in capsys.readouterr().out
     assert _cli(relay_env, monkeypatch, "unlease") == DONE
-    assert "released 1 operator lease(s): shard 3" in capsys.readouterr().out
-    held = database.query("SELECT shard FROM outbox_shard WHERE lease_until > UTC_TIMESTAMP(6)")
-    assert held == [(5,)]
+    out = capsys.readouterr().out
+    assert "released 1 operator lease(s): shard 3" in out, out
+    assert "shard 4: " in out and "its command is still running here" in out
+    assert "shard 6: " in out and "add --force if it is gone" in out
+    held = database.query(
+        "SELECT shard FROM outbox_shard WHERE lease_until > UTC_TIMESTAMP(6) ORDER BY shard"
+    )
+    assert held == [(4,), (5,), (6,)]
+    assert _cli(relay_env, monkeypatch, "unlease", "--shards", "6", "--force") == DONE
     assert _cli(relay_env, monkeypatch, "unlease", "--shards", "3") == NOTHING_TO_DO
 
 

@@ -70,13 +70,21 @@ class RedriveReport:
         return {"ok": True, "action": "redrive", **shown}
 
 
+@dataclass
+class Tally:
+    deleted: int = 0
+
+
 # What a letter is, matched against the outbox by both of its ids.
 REDRIVABLE = "redrivable"  # names a DEAD row
-STALE = "stale"  # its row is gone, published, or pending with no relay on it: the letter is spent
-IN_FLIGHT = "in flight"  # its row is pending in a leased shard: a relay may be dead-lettering it now
+STALE = "stale"  # its row is gone (purged, retention) or PUBLISHED: the letter is spent
+# Its row is PENDING: a relay may mark it DEAD any moment (it sends the letter first, and a failed
+# finalize or an abandoned send leaves the row PENDING with the letter sent), or it was redriven
+# and is not published yet.  Left in the queue until one or the other.
+PENDING = "pending"
 UNMATCHED = "unmatched"  # the row with its outbox_id has another event_id, or it names no event_id
 MALFORMED = "malformed"  # not a letter the relay wrote
-KINDS = (REDRIVABLE, STALE, IN_FLIGHT, UNMATCHED, MALFORMED)
+KINDS = (REDRIVABLE, STALE, PENDING, UNMATCHED, MALFORMED)
 
 
 @dataclass
@@ -140,14 +148,14 @@ class DeadRowsAdmin:
         out = Sorted()
         named = sorted({x.outbox_id for x in letters if x.outbox_id is not None})
 
-        def work(conn: pymysql.connections.Connection[Any]) -> dict[int, tuple[bytes, str, DeadRow, bool]]:
-            rows: dict[int, tuple[bytes, str, DeadRow, bool]] = {}
+        def work(conn: pymysql.connections.Connection[Any]) -> dict[int, tuple[DeadRow, str]]:
+            rows: dict[int, tuple[DeadRow, str]] = {}
             with conn.cursor() as cur:
                 for chunk in _chunks(named, BATCH_ROWS):
                     cur.execute(self.sql.letter_rows(len(chunk)), chunk)
                     for r in cur.fetchall():
                         row = _dead_row(r[:5])
-                        rows[row.id] = (bytes(r[1]), str(r[5]), row, bool(r[6]))
+                        rows[row.id] = (row, str(r[5]))
             return rows
 
         rows = self.store.run(work, "find the rows of dead letters") if named else {}
@@ -159,13 +167,13 @@ class DeadRowsAdmin:
                     kind = UNMATCHED
                 elif found is None:
                     kind = STALE
-                elif found[0] != raw(letter.event_id):
+                elif raw(found[0].event_id) != raw(letter.event_id):  # the bytes stored, exactly
                     kind = UNMATCHED
                 elif found[1] == "DEAD":
                     kind = REDRIVABLE
-                    out.rows[found[2].id] = found[2]
-                elif found[1] == "PENDING" and found[3]:
-                    kind = IN_FLIGHT
+                    out.rows[found[0].id] = found[0]
+                elif found[1] == "PENDING":
+                    kind = PENDING
                 else:
                     kind = STALE
             out.letters[kind].append(letter)
@@ -270,17 +278,15 @@ class DeadRowsAdmin:
 
     # --- purge ----------------------------------------------------------------------------
 
-    def purge(self, ids: Sequence[int], progress: Progress, checkpoint: Checkpoint) -> int:
-        """Delete these rows where they are still DEAD, a batch per statement; returns how many
-        (a row redriven meanwhile is left alone)."""
-        deleted = 0
+    def purge(self, ids: Sequence[int], progress: Progress, checkpoint: Checkpoint, tally: Tally) -> None:
+        """Delete these rows where they are still DEAD, a batch per statement; ``tally`` counts
+        them as they go (also when this raises).  A row redriven meanwhile is left alone."""
         chunks = list(_chunks(sorted(set(ids)), BATCH_ROWS))
         for n, chunk in enumerate(chunks, 1):
             checkpoint()
-            deleted += self._execute(self.sql.purge_dead_ids(len(chunk)), chunk, "purge")
+            tally.deleted += self._execute(self.sql.purge_dead_ids(len(chunk)), chunk, "purge")
             if len(chunks) > 1:
-                progress(f"batch {n}/{len(chunks)}: {deleted} DEAD row(s) deleted")
-        return deleted
+                progress(f"batch {n}/{len(chunks)}: {tally.deleted} DEAD row(s) deleted")
 
     # --- leases ---------------------------------------------------------------------------
 
@@ -357,6 +363,8 @@ class _LeaseScope:
                         held.add(shard)
                 if len(held) == len(self.shards):
                     return self.token
+                if held:  # the shards taken must not lapse while the others are waited for
+                    admin._renew(self.token, sorted(held))
                 busy = [h for h in admin.holders(sorted(set(self.shards) - held))]
                 if time.monotonic() >= give_up:
                     who = "; ".join(f"shard {s} by {o} for {left:.0f}s more" for s, o, left in busy[:5])

@@ -36,6 +36,7 @@ from .cli_common import (
     CommandError,
     CommandFailed,
     Parser,
+    UsageError,
     add_timeout,
     command_deadline,
     integer,
@@ -315,7 +316,12 @@ def _run(args: argparse.Namespace) -> int:
     except (StoreUnavailable, CommandFailed, Interrupted) as exc:
         print(f"outbox-relay {args.command}: {one_line(str(exc))}", file=sys.stderr)
         return FAILED
-    except (ConfigError, OSError, ValueError) as exc:  # a bad setting, an unreadable or bad event file
+    except (
+        ConfigError,
+        UsageError,
+        OSError,
+        ValueError,
+    ) as exc:  # a bad setting, an unreadable or bad event file
         print(f"outbox-relay {args.command}: {one_line(str(exc))}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:

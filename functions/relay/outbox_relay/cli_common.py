@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import load_config, load_dlq_queue_url, load_store_config
+from .rowtext import shown
 
 if TYPE_CHECKING:  # the relay extra's modules, imported when a command runs
     from .deadletter_sqs import SqsDeadLetterSink
@@ -83,6 +84,10 @@ class CommandError(Exception):
     """Refused before anything changed (exit status REFUSED)."""
 
 
+class UsageError(Exception):
+    """Options that do not go together (exit status USAGE), found after argparse."""
+
+
 class CommandFailed(Exception):
     """A dependency failed part-way (exit status FAILED); the message says what was done."""
 
@@ -117,6 +122,17 @@ def seconds(low: float, high: float, *, above_low: bool = False) -> Callable[[st
         return value
 
     return parse
+
+
+# Characters that would act on the operator's terminal rather than show: C0 and C1 controls, DEL,
+# line and paragraph separators, and the bidirectional overrides that reorder what follows.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` from a row or a letter, safe to print: bytes that are not UTF-8 as ``\\xNN``
+    (rowtext.shown), and characters that would act on the terminal as their escapes."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), shown(text))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

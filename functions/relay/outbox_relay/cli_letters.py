@@ -8,88 +8,139 @@ visible again before the command ends (``release``), also when it is interrupted
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from .admin_dead import IN_FLIGHT, KINDS, MALFORMED, STALE, UNMATCHED, DeadRowsAdmin, Interrupted, Sorted
+from .admin_dead import (
+    KINDS,
+    MALFORMED,
+    OPERATOR_PREFIX,
+    PENDING,
+    STALE,
+    UNMATCHED,
+    DeadRowsAdmin,
+    Interrupted,
+    Sorted,
+)
 from .cli_common import (
     DONE,
     NOTHING_TO_DO,
     REFUSED,
-    CommandError,
     CommandFailed,
+    UsageError,
+    add_timeout,
+    command_deadline,
     integer,
-    relay_runtime,
+    printable,
+    store_runtime,
     table,
 )
-from .dlq_admin import DeadLetterQueueAdmin, Letter, QueueError
+from .config import load_dlq_queue_url
+from .dlq_admin import KEEP_EVERY_SECONDS, DeadLetterQueueAdmin, Letter, QueueError
 from .interrupts import Deferred
-from .rowtext import shown
 
 SHOWN_ROWS = 50
 # How long a command may spend reading the queue.
 SCAN_SECONDS = 300.0
+# The bound of a command that reads letters and changes rows (--timeout's default).
+LETTER_COMMAND_SECONDS = 900.0
 
 
-def admins(need_queue: bool) -> tuple[DeadRowsAdmin, DeadLetterQueueAdmin | None]:
-    runtime = relay_runtime()
-    store = runtime.admin().store
-    dead = DeadRowsAdmin(store, runtime.config.retention)
+def admins(args: argparse.Namespace, need_queue: bool) -> tuple[DeadRowsAdmin, DeadLetterQueueAdmin | None]:
+    """The database alone (OUTBOX_DB_*), and the queue (DLQ_QUEUE_URL) when the command uses it."""
+    runtime = store_runtime(command_deadline(args))
+    dead = DeadRowsAdmin(runtime.store, runtime.config.retention)
     if not need_queue:
         return dead, None
     from .aws_clients import sqs_client
 
-    return dead, DeadLetterQueueAdmin(sqs_client, runtime.config.dlq_queue_url)
+    return dead, DeadLetterQueueAdmin(sqs_client, load_dlq_queue_url(os.environ))
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    """A progress line; a reader that went away (``| head``) does not stop the work."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class Held:
+    """The letters a command has read and neither deleted nor given back.  Kept out of sight
+    (extended every KEEP_EVERY_SECONDS, at checkpoints and while reading) for as long as the
+    command works on them: no other reader acts on them meanwhile, and a long read never meets
+    its own letters again."""
+
+    def __init__(self, queue: DeadLetterQueueAdmin, interrupts: Deferred) -> None:
+        self.queue, self.interrupts = queue, interrupts
+        self.letters: dict[str, Letter] = {}
+        self.kept_at = time.monotonic()
+
+    def add(self, fresh: Sequence[Letter]) -> None:
+        self.letters.update((x.message_id, x) for x in fresh)
+        self.tick()
+
+    def gone(self, letters: Sequence[Letter]) -> None:
+        for x in letters:
+            self.letters.pop(x.message_id, None)
+
+    def tick(self) -> None:
+        if self.letters and time.monotonic() - self.kept_at >= KEEP_EVERY_SECONDS:
+            self.kept_at = time.monotonic()
+            with contextlib.suppress(QueueError):  # they come back by themselves: a re-run sees them
+                self.queue.keep(list(self.letters.values()))
+
+    def checkpoint(self) -> None:
+        self.tick()
+        self.interrupts()
 
 
 # --- dlq ---------------------------------------------------------------------------------------
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    dead, queue = admins(True)
+    asked = ((STALE, args.stale), (UNMATCHED, args.unmatched), (MALFORMED, args.malformed))
+    kinds = [kind for kind, wanted in asked if wanted]
+    if args.action == "remove" and not kinds:
+        raise UsageError("dlq remove: say which letters: --stale, --unmatched and/or --malformed")
+    dead, queue = admins(args, True)
     assert queue is not None
-    with Deferred() as checkpoint:
-        return _dlq_letters(dead, queue, args, checkpoint)
+    with Deferred() as interrupts:
+        held = Held(queue, interrupts)
+        try:
+            return _dlq_letters(dead, held, args, kinds)
+        finally:
+            release(held)
 
 
-def _dlq_letters(
-    dead: DeadRowsAdmin, queue: DeadLetterQueueAdmin, args: argparse.Namespace, checkpoint: Deferred
-) -> int:
-    letters = scan(queue, args.max, checkpoint)
-    deleted = 0
-    try:
-        found = dead.sort_letters(letters)
-        if args.action == "list":
-            _list(found, args.json)
-            return DONE if letters else NOTHING_TO_DO
-        asked = ((STALE, args.stale), (UNMATCHED, args.unmatched), (MALFORMED, args.malformed))
-        kinds = [kind for kind, wanted in asked if wanted]
-        if not kinds:
-            raise CommandError("say which letters to remove: --stale, --unmatched and/or --malformed")
-        chosen = [x for k in kinds for x in found.letters[k]]
-        say(f"read {len(letters)} dead letter(s): {found.counts()}")
-        if not chosen:
-            say(f"no {', '.join(kinds)} letters to remove")
-            return NOTHING_TO_DO
-        _list(Sorted({k: found.letters[k] if k in kinds else [] for k in KINDS}, {}), False)
-        if not args.yes:
-            say(f"\n{len(chosen)} letter(s) would be removed; nothing was removed (add --yes)")
-            return REFUSED
-        deleted = delete(queue, chosen, "")
-        return DONE
-    finally:
-        release(queue, letters, deleted)
+def _dlq_letters(dead: DeadRowsAdmin, held: Held, args: argparse.Namespace, kinds: list[str]) -> int:
+    letters = scan(held, args.max)
+    found = dead.sort_letters(letters)
+    if args.action == "list":
+        _list(found, args.json)
+        return DONE if letters else NOTHING_TO_DO
+    chosen = [x for k in kinds for x in found.letters[k]]
+    say(f"read {len(letters)} dead letter(s): {found.counts()}")
+    if not chosen:
+        say(f"no {', '.join(kinds)} letters to remove")
+        return NOTHING_TO_DO
+    _list(Sorted({k: found.letters[k] if k in kinds else [] for k in KINDS}, {}), False)
+    if not args.yes:
+        say(f"\n{len(chosen)} letter(s) would be removed; nothing was removed (add --yes)")
+        return REFUSED
+    delete(held, chosen, "")
+    return DONE
 
 
 def _list(found: Sorted, as_json: bool) -> None:
     if as_json:
-        print(
+        say(
             json.dumps(
                 {
                     "ok": True,
@@ -100,7 +151,7 @@ def _list(found: Sorted, as_json: bool) -> None:
                             "message_id": x.message_id,
                             "kind": k,
                             "outbox_id": x.outbox_id,
-                            "event_id": None if x.event_id is None else shown(x.event_id),
+                            "event_id": x.event_id,
                             "problem": x.problem,
                         }
                         for k, v in found.letters.items()
@@ -113,27 +164,27 @@ def _list(found: Sorted, as_json: bool) -> None:
         return
     shown_rows = [
         [
-            x.message_id,
+            printable(x.message_id),
             k,
             x.outbox_id if x.outbox_id is not None else "-",
-            shown(x.event_id or "-")[:40],
+            printable(x.event_id or "-")[:60],
             x.problem or "",
         ]
         for k, v in found.letters.items()
         for x in v
     ]
-    print(table(["MESSAGE ID", "KIND", "OUTBOX ID", "EVENT ID", "PROBLEM"], shown_rows[:SHOWN_ROWS]))
+    say(table(["MESSAGE ID", "KIND", "OUTBOX ID", "EVENT ID", "PROBLEM"], shown_rows[:SHOWN_ROWS]))
     if len(shown_rows) > SHOWN_ROWS:
-        print(f"... and {len(shown_rows) - SHOWN_ROWS} more")
-    print(f"{sum(len(v) for v in found.letters.values())} letter(s): {found.counts()}")
+        say(f"... and {len(shown_rows) - SHOWN_ROWS} more")
+    say(f"{sum(len(v) for v in found.letters.values())} letter(s): {found.counts()}")
     advise(found)
 
 
 def advise(found: Sorted) -> None:
-    if found.letters[IN_FLIGHT]:
+    if found.letters[PENDING]:
         say(
-            f"{len(found.letters[IN_FLIGHT])} letter(s) name rows a relay is working on now: "
-            "left in the queue"
+            f"{len(found.letters[PENDING])} letter(s) name PENDING rows (a relay may be dead-lettering "
+            "them now, or they were redriven and are not published yet): left in the queue"
         )
     foreign = len(found.letters[UNMATCHED]) + len(found.letters[MALFORMED])
     if foreign:
@@ -148,53 +199,84 @@ def advise(found: Sorted) -> None:
 
 
 def _unlease(args: argparse.Namespace) -> int:
-    dead, _ = admins(False)
-    shards = args.shards or []
-    held = dead.holders(shards)
-    operators = [h for h in held if h[1].startswith("operator ")]
-    relays = [h for h in held if not h[1].startswith("operator ")]
-    for shard, owner, left in relays:
-        say(
-            f"shard {shard}: leased by {owner} for {left:.0f}s more: a relay's lease is left alone "
-            "(it ends by itself)"
-        )
-    if not operators:
+    dead, _ = admins(args, False)
+    held = dead.holders(args.shards or [])
+    free: list[tuple[int, str]] = []
+    kept = 0
+    for shard, owner, left in held:
+        why = _still_used(owner, args.force)
+        if why is None:
+            free.append((shard, owner))
+        else:
+            kept += 1
+            say(f"shard {shard}: leased by {printable(owner)} for {left:.0f}s more: {why}")
+    if not free:
         say("no operator lease to release")
-        return REFUSED if relays else NOTHING_TO_DO
-    released = dead.unlease(sorted({h[0] for h in operators}))
-    say(f"released {released} operator lease(s): {', '.join(f'shard {s} ({o})' for s, o, _ in operators)}")
+        return REFUSED if kept else NOTHING_TO_DO
+    released = dead.unlease(sorted({s for s, _ in free}))
+    say(f"released {released} operator lease(s): {', '.join(f'shard {s} ({printable(o)})' for s, o in free)}")
     return DONE
+
+
+def _still_used(owner: str, force: bool) -> str | None:
+    """Why a lease must stay (None: it may go).  A relay's lease never goes; an operator's when
+    its command is gone: checked on this host, taken on trust (``--force``) for another."""
+    if not owner.startswith(OPERATOR_PREFIX):
+        return "a relay's lease is left alone (it ends by itself)"
+    parts = owner.split()  # operator <command> <host> pid <pid>
+    if len(parts) == 5 and parts[3] == "pid" and parts[4].isdigit():
+        if parts[2] != _host():
+            return None if force else "an operator command on another host: add --force if it is gone"
+        try:
+            os.kill(int(parts[4]), 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass
+        return f"its command is still running here (pid {parts[4]})"
+    return None if force else "an operator lease of unknown form: add --force"
+
+
+def _host() -> str:
+    from .admin_dead import operator_owner
+
+    return operator_owner("x").split()[2]
 
 
 # --- letters: read, delete, give back ----------------------------------------------------------
 
 
-def scan(queue: DeadLetterQueueAdmin, max_letters: int, checkpoint: Deferred) -> list[Letter]:
-    """The letters, read once; an interrupt while reading gives them back and changes nothing."""
+def scan(held: Held, max_letters: int) -> list[Letter]:
+    """The letters, read once and held; an interrupt while reading changes nothing."""
     pages = [0]
 
     def page(fresh: list[Letter]) -> None:
+        held.add(fresh)
         pages[0] += len(fresh)
         if pages[0] % 1000 < len(fresh):
             say(f"read {pages[0]} letter(s)...")
 
     try:
-        letters = queue.scan(max_letters, time.monotonic() + SCAN_SECONDS, page, lambda: checkpoint.requested)
+        letters = held.queue.scan(
+            max_letters, time.monotonic() + SCAN_SECONDS, page, lambda: held.interrupts.requested
+        )
     except QueueError as exc:
         raise CommandFailed(f"{exc}; nothing was changed") from exc
-    if checkpoint.requested:
-        release(queue, letters, 0)
+    held.add(letters)
+    if held.interrupts.requested:
         raise Interrupted("interrupted while reading the dead-letter queue; nothing was changed")
     return letters
 
 
-def delete(queue: DeadLetterQueueAdmin, letters: Sequence[Letter], what: str) -> int:
+def delete(held: Held, letters: Sequence[Letter], what: str) -> int:
     if not letters:
         return 0
     try:
-        result = queue.delete(letters)
+        result = held.queue.delete(letters)
     except QueueError as exc:
-        raise CommandFailed(f"{exc}; the rows were not changed after it: run the command again") from exc
+        raise CommandFailed(f"{exc}; nothing after it was changed: run the command again") from exc
+    failed = {x.message_id for x, _ in result.failed}
+    held.gone([x for x in letters if x.message_id not in failed])
     say(f"deleted {result.deleted} letter(s) from the dead-letter queue{f' ({what})' if what else ''}")
     if result.failed:
         raise CommandFailed(
@@ -204,12 +286,13 @@ def delete(queue: DeadLetterQueueAdmin, letters: Sequence[Letter], what: str) ->
     return result.deleted
 
 
-def release(queue: DeadLetterQueueAdmin, letters: Sequence[Letter], deleted: int) -> None:
-    """Every letter read and not deleted is visible again now (deleted ones are gone anyway)."""
-    if len(letters) > deleted:
-        missed = queue.release(letters)
-        if missed > deleted:
-            say(f"{missed - deleted} letter(s) could not be made visible now; they are back within 2 minutes")
+def release(held: Held) -> None:
+    """Every letter read and not deleted is visible again now."""
+    if held.letters:
+        missed = held.queue.release(list(held.letters.values()))
+        held.letters.clear()
+        if missed:
+            say(f"{missed} letter(s) could not be made visible now; they are back within 2 minutes")
 
 
 # --- the parsers -------------------------------------------------------------------------------
@@ -226,10 +309,13 @@ def add_parsers(sub: Any) -> None:
     q.add_argument("--malformed", action="store_true", help="remove: messages that are not letters")
     q.add_argument("--yes", action="store_true", help="remove: really remove (otherwise only show)")
     q.add_argument("--json", action="store_true", help="list: as JSON")
+    add_timeout(q, LETTER_COMMAND_SECONDS)
     q.set_defaults(run=_dlq)
 
     x = sub.add_parser("unlease", help="end leases operator commands left behind (never a relay's)")
     x.add_argument("--shards", type=integer_list, help="comma-separated shards (default: all)")
+    x.add_argument("--force", action="store_true", help="also leases of operator commands on other hosts")
+    add_timeout(x)
     x.set_defaults(run=_unlease)
 
 
@@ -241,5 +327,5 @@ def integer_list(text: str) -> list[int]:
     except argparse.ArgumentTypeError:
         shards = []
     if not shards:
-        raise argparse.ArgumentTypeError(f"expected comma-separated shard numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated shard numbers, got {printable(text)!r}")
     return shards

@@ -24,10 +24,13 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 MAX_OUTBOX_ID = 2**64 - 1  # BIGINT UNSIGNED
+EVENT_ID_CHARS = 36  # CHAR(36)
 _BATCH = 10  # SQS's batch limit
 # Long enough for a command to match, redrive and delete what it read, short enough that letters
-# a killed command never released are back soon.  Renewed while the command is still reading.
+# a killed command never released are back soon.  Extended (``keep``) every KEEP_EVERY_SECONDS
+# while the command holds them: in a long scan, a wait for leases, a long redrive.
 VISIBILITY_SECONDS = 120
+KEEP_EVERY_SECONDS = 30.0
 # A short wait asks every SQS server (a zero wait samples a few, and can answer empty while
 # letters remain).  moto keeps one list, so the tests need none.
 RECEIVE_WAIT_SECONDS = 1
@@ -71,6 +74,11 @@ def parse_letter(message_id: str, receipt: str, body: str) -> Letter:
         return Letter(message_id, receipt, outbox_id, None, "no event_id")
     if not isinstance(event_id, str) or not event_id:
         return bad("event_id is not a non-empty string")
+    if len(event_id) > EVENT_ID_CHARS:
+        # No row holds it (and a letter read is kept for the whole command: never a long one).
+        return Letter(
+            message_id, receipt, outbox_id, None, f"event_id longer than {EVENT_ID_CHARS} characters"
+        )
     return Letter(message_id, receipt, outbox_id, event_id, None)
 
 
@@ -151,16 +159,34 @@ class DeadLetterQueueAdmin:
     def release(self, letters: Sequence[Letter]) -> int:
         """Make ``letters`` visible again now; returns how many SQS did not take back (they come
         back by themselves when their visibility timeout ends)."""
+        return self._visibility(letters, 0)
+
+    def keep(self, letters: Sequence[Letter]) -> int:
+        """Hide ``letters`` for another VISIBILITY_SECONDS (no other reader takes them meanwhile);
+        returns how many SQS did not extend."""
+        return self._visibility(letters, VISIBILITY_SECONDS)
+
+    def others_reading(self) -> int:
+        """Letters out of sight right now (SQS's approximate count), ours included."""
+        got = self._call(
+            "read the queue's attributes",
+            lambda: self.client.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+            ),
+        )
+        return int(got.get("Attributes", {}).get("ApproximateNumberOfMessagesNotVisible", 0))
+
+    def _visibility(self, letters: Sequence[Letter], seconds: int) -> int:
         missed = 0
         for start in range(0, len(letters), _BATCH):
             chunk = letters[start : start + _BATCH]
             try:
                 answer = self._call(
-                    "release",
+                    "change visibility",
                     lambda chunk=chunk: self.client.change_message_visibility_batch(  # type: ignore[misc]
                         QueueUrl=self.queue_url,
                         Entries=[
-                            {"Id": str(i), "ReceiptHandle": x.receipt, "VisibilityTimeout": 0}
+                            {"Id": str(i), "ReceiptHandle": x.receipt, "VisibilityTimeout": seconds}
                             for i, x in enumerate(chunk)
                         ],
                     ),

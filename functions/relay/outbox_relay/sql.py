@@ -344,15 +344,8 @@ class OutboxSql:
         return f"SELECT {DEAD_ROW_COLUMNS} FROM `{self.table}` WHERE status = 'DEAD' AND id <= %s ORDER BY id"
 
     def letter_rows(self, ids: int) -> str:
-        """The rows dead letters name, by id: DEAD_ROW_COLUMNS, status, and whether a lease (a
-        relay's, or its grace after an uncertain send) is live on the row's shard."""
-        return (
-            f"SELECT o.id, {as_bytes('o.event_id')}, {as_bytes('o.aggregate_type')},"
-            f" {as_bytes('o.aggregate_id')}, o.shard, o.status,"
-            " COALESCE(s.lease_until > UTC_TIMESTAMP(6), 0)"
-            f" FROM `{self.table}` o LEFT JOIN `{self.shard_table}` s ON s.shard = o.shard"
-            f" WHERE o.id IN ({_marks(ids)})"
-        )
+        """The rows dead letters name, by id: DEAD_ROW_COLUMNS and status."""
+        return f"SELECT {DEAD_ROW_COLUMNS}, status FROM `{self.table}` WHERE id IN ({_marks(ids)})"
 
     def redrive_dead(self, ids: int) -> str:
         """DEAD → PENDING, due now, attempts reset.  Ids are unchanged, so the event takes its
