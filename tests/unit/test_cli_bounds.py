@@ -154,3 +154,29 @@ def test_a_closed_pipe_ends_the_command_quietly(unbuffered: str) -> None:
         os.close(write)
     _, err = command.communicate(timeout=30)
     assert (command.returncode, err) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["redrive", "--ids", "1", "--timeout", "2"],
+        ["purge", "--ids", "1", "--yes", "--timeout", "2"],
+        ["purge", "--all", "--timeout", "2"],
+        ["unlease", "--timeout", "2"],
+    ],
+)
+def test_the_dead_row_commands_end_at_their_timeout_too(silent: socket.socket, argv: list[str]) -> None:
+    started = time.monotonic()
+    # The database alone: without --from-dlq or --dlq they need no queue either.
+    outcome = run(argv, {**DATABASE_ONLY, "OUTBOX_DB_PORT": _port(silent)})
+    assert time.monotonic() - started <= 4.0
+    check(outcome, lambda code: code == FAILED)
+    assert outcome.err.startswith(f"outbox-relay {argv[0]}: ")
+
+
+def test_migrate_against_an_unreachable_database_failed_not_refused() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        outcome = run(["migrate"], {**DATABASE_ONLY, "OUTBOX_DB_PORT": _port(closed)})
+    check(outcome, lambda code: code == FAILED)
+    assert "database error: (2003," in outcome.err and outcome.err.endswith("; run migrate again\n")

@@ -36,7 +36,8 @@ def _migrate(args: argparse.Namespace) -> int:
             raise CommandFailed(str(exc)) from exc
         raise
     except pymysql.err.MySQLError as exc:
-        raise CommandError(f"database error: {' '.join(str(exc).split())}") from exc
+        # A dependency failed (exit 1): every migration statement is idempotent, a re-run completes it.
+        raise CommandFailed(f"database error: {' '.join(str(exc).split())}; run migrate again") from exc
     return 0
 
 
