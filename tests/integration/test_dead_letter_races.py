@@ -234,3 +234,22 @@ def test_hostile_text_in_letters_is_shown_escaped_and_never_kept_whole(
     long = parse_letter("m", "r", json.dumps({"outbox_id": 1, "event_id": "e" * 250_000}))
     assert long.event_id is None and long.problem == "event_id longer than 36 characters"
     assert printable("a\rb\x7f\u2028") == "a\\rb\\x7f\\u2028"
+
+
+@pytest.mark.parametrize(
+    "argv", [["dlq", "list"], ["redrive", "--from-dlq"], ["purge", "--ids", "1", "--dlq", "--yes"]]
+)
+def test_a_missing_queue_is_one_line_and_changes_nothing(
+    database: support.Database,
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    _dead(database, "A", 1)
+    env = {**relay_env, "DLQ_QUEUE_URL": f"{support.MOTO}/000000000000/no-such-queue"}
+    assert _cli(env, monkeypatch, *argv) == FAILED
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "NonExistentQueue" in err or "QueueDoesNotExist" in err, err
+    assert database.status_counts() == {"DEAD": 1}
