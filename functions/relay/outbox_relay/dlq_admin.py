@@ -18,8 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
@@ -198,6 +196,9 @@ class DeadLetterQueueAdmin:
         return missed
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        # Imported here: the CLI's other commands run without the relay extra (no botocore).
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
         try:
             return call()
         except ClientError as exc:
