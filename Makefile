@@ -101,6 +101,10 @@ sam-cli: .venv-sam/.installed
 ifdef OUTBOX_RDS_CA_BUNDLE
 export OUTBOX_RDS_CA_BUNDLE := $(abspath $(OUTBOX_RDS_CA_BUNDLE))
 endif
+# DB_TLS_MODE=off|required (the stack's DbTlsMode) builds without a bundle: make build DB_TLS_MODE=off.
+ifdef DB_TLS_MODE
+export DB_TLS_MODE
+endif
 
 # No build cache: SAM's cache key is the layer's folder, which does not cover OUTBOX_RDS_CA_BUNDLE.
 build: sam-cli                      ## sam build, no Docker (function and layer: BuildMethod makefile)
@@ -139,14 +143,14 @@ rie-path:                           ## where the emulator is (tests ask)
 
 local-build: sam-cli
 	@test -f "$(LOCAL_CA)" || { echo "$(LOCAL_CA) is missing: start the local stack first (make dev); the local build ships its CA" >&2; exit 1; }
-	__SAM_CLI_APP_DIR=$(CURDIR)/.venv-sam OUTBOX_RDS_CA_BUNDLE=$(LOCAL_CA) \
+	__SAM_CLI_APP_DIR=$(CURDIR)/.venv-sam OUTBOX_RDS_CA_BUNDLE=$(LOCAL_CA) OUTBOX_CA_ANY_ISSUER=1 \
 		$(SAM) build --no-cached --build-dir $(LOCAL)/build
 
 host-runtime: $(HOST)/.built
 $(HOST)/.built:
 	rm -rf $(LOCAL)/host-* && mkdir -p $(HOST)
 	$(MAKE) -s -C layers/deps build-DepsLayer ARTIFACTS_DIR=$(CURDIR)/$(HOST)/DepsLayer PYTHON=$(HOST_PYTHON) \
-		OUTBOX_RDS_CA_BUNDLE=$(LOCAL_CA) ARCH=$$(uname -m) \
+		OUTBOX_RDS_CA_BUNDLE=$(LOCAL_CA) OUTBOX_CA_ANY_ISSUER=1 ARCH=$$(uname -m) \
 		PYTHON_VERSION=$$($(HOST_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 	$(HOST_PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-compile \
 		--only-binary=:all: --target $(HOST)/runtime awslambdaric==$(AWSLAMBDARIC_VERSION)

@@ -52,8 +52,12 @@ def sam_build(repo: Path, ca_bundle: str | None) -> subprocess.CompletedProcess[
     env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "__SAM_CLI_APP_DIR": str(app_dir)}
     env.pop("DOCKER_HOST", None)
     env.pop("OUTBOX_RDS_CA_BUNDLE", None)
+    env.pop("OUTBOX_CA_ANY_ISSUER", None)
+    env.pop("DB_TLS_MODE", None)
     if ca_bundle is not None:
+        # The local stack's CA, not Amazon RDS's: accepted for this build only (a PEM check still).
         env["OUTBOX_RDS_CA_BUNDLE"] = ca_bundle
+        env["OUTBOX_CA_ANY_ISSUER"] = "1"
     return subprocess.run(
         [str(SAM), "build", "--template-file", "template.yaml", "--build-dir", ".aws-sam/build"],
         cwd=repo,
@@ -86,7 +90,7 @@ def host_layer(repo: Path, artifacts: Path, ca_bundle: str) -> Path:
         f"PYTHON={sys.executable}",
         f"PYTHON_VERSION={version}",
         f"ARCH={os.uname().machine}",
-        env={"OUTBOX_RDS_CA_BUNDLE": ca_bundle},
+        env={"OUTBOX_RDS_CA_BUNDLE": ca_bundle, "OUTBOX_CA_ANY_ISSUER": "1"},
     )
     return artifacts
 
