@@ -170,6 +170,9 @@ class Stack:
         if key == "Fn::Split":
             separator, text = arg
             return cfn_str(self.resolve(text)).split(separator)
+        if key == "Fn::FindInMap":
+            mapping, top, second = (cfn_str(self.resolve(x)) for x in arg)
+            return self.template["Mappings"][mapping][top][second]
         if key == "Fn::Sub":
             text, variables = (arg, {}) if isinstance(arg, str) else arg
             values = {k: self.resolve(v) for k, v in variables.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -229,3 +230,29 @@ def test_missing_runs_do_not_breach_while_runs_are_stopped_and_actions_stay_on(
     watched = (RUN_ALARMS | JANITOR_ALARMS) - {"AsyncEventsDroppedAlarm"}
     breaching = {name for name in watched if found[name]["TreatMissingData"] == "breaching"}
     assert breaching == watched - off
+
+
+NUMBER_WORDS = [
+    "no",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+]
+
+
+def test_the_readme_counts_the_alarms_the_template_has() -> None:
+    readme = (PACKAGE.parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Deploying on AWS") :]
+    match = re.search(r"\b(\w+) alarms \(optionally an SNS topic", section)
+    assert match, "README 'Deploying on AWS' no longer says how many alarms the template has"
+    count = sum(1 for r in template()["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm")
+    assert match[1] == NUMBER_WORDS[count], f"README says {match[1]} alarms, the template has {count}"

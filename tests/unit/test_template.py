@@ -77,17 +77,23 @@ def test_sam_transform_gives_an_arm64_python_relay_and_janitor_on_their_own_sche
     }
     assert "ReservedConcurrentExecutions" not in janitor
     assert relay["LoggingConfig"]["LogGroup"] != janitor["LoggingConfig"]["LogGroup"]
+    # The relay's expression comes from the RelaySchedule mapping (its alarms' windows follow it).
+    relay_expression = {"Fn::FindInMap": ["RelaySchedule", {"Ref": "ScheduleRateMinutes"}, "Expression"]}
     schedules = {
-        s["Properties"]["ScheduleExpression"]["Ref"]: s["Properties"]
+        "ScheduleRateMinutes"
+        if s["Properties"]["ScheduleExpression"] == relay_expression
+        else s["Properties"]["ScheduleExpression"]["Ref"]: s["Properties"]
         for s in resources("AWS::Scheduler::Schedule").values()
     }
-    assert set(schedules) == {"ScheduleExpression", "JanitorScheduleExpression"}
+    assert set(schedules) == {"ScheduleRateMinutes", "JanitorScheduleExpression"}
+    # The relay's schedule also stops with the emergency brake (ReservedConcurrency=0).
+    assert schedules["ScheduleRateMinutes"]["State"] == {"Fn::If": ["RelayRuns", "ENABLED", "DISABLED"]}
+    assert schedules["JanitorScheduleExpression"]["State"] == {"Ref": "ScheduleState"}
     for schedule in schedules.values():
-        assert schedule["State"] == {"Ref": "ScheduleState"}
         assert schedule["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
     targets = {name: s["Target"]["Arn"]["Fn::GetAtt"][0] for name, s in schedules.items()}
-    assert targets == {"ScheduleExpression": "RelayFunction", "JanitorScheduleExpression": "JanitorFunction"}
-    assert "action" not in json.loads(schedules["ScheduleExpression"]["Target"]["Input"])
+    assert targets == {"ScheduleRateMinutes": "RelayFunction", "JanitorScheduleExpression": "JanitorFunction"}
+    assert "action" not in json.loads(schedules["ScheduleRateMinutes"]["Target"]["Input"])
     assert json.loads(schedules["JanitorScheduleExpression"]["Target"]["Input"])["action"] == "janitor"
     invoke_configs = resources("AWS::Lambda::EventInvokeConfig").values()
     assert len(invoke_configs) == 2

@@ -14,7 +14,7 @@ from tests.unit.deploy_model import DB_SECRET_KMS_KEY_ID, DEPLOYMENTS, SCENARIOS
 
 
 def evaluate(node: Any, parameters: Mapping[str, str]) -> Any:
-    """Fn::Equals / Not / And / Or and Ref over parameter values (defaults filled in)."""
+    """Fn::Equals / Not / And / Or / Contains and Ref over parameter values (defaults filled in)."""
     if isinstance(node, dict) and len(node) == 1:
         ((name, args),) = node.items()
         if name == "Ref":
@@ -28,6 +28,8 @@ def evaluate(node: Any, parameters: Mapping[str, str]) -> Any:
             return all(values)
         if name == "Fn::Or":
             return any(values)
+        if name == "Fn::Contains":  # a list of strings, and a string
+            return str(values[1]) in [str(v) for v in values[0]]
         raise AssertionError(f"the rule evaluator does not know {name}: teach it before using it")
     return node
 
