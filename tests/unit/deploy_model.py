@@ -216,6 +216,8 @@ class Stack:
                 "Arn": f"arn:aws:sqs:{self.region}:{self.account}:{queue}",
                 "QueueUrl": f"https://sqs.{self.region}.amazonaws.com/{self.account}/{queue}",
             }[attribute]
+        if kind == "AWS::Lambda::Function" and attribute == "Arn":
+            return f"arn:aws:lambda:{self.region}:{self.account}:function:{self.ref(logical)}"
         raise NotImplementedError(f"Fn::GetAtt {logical}.{attribute} ({kind}) is not modelled by this test")
 
 
@@ -362,13 +364,23 @@ def lambda_environment(env: Mapping[str, str], region: str) -> dict[str, str]:
     return {**env, "AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_LAMBDA_FUNCTION_NAME": "relay"}
 
 
+def env_region(env: str) -> str | None:
+    """The env's region as SAM CLI reads it: the command's section, else the global one."""
+    config = samconfig()[env]
+    for section in ("deploy", "global"):
+        region = config.get(section, {}).get("parameters", {}).get("region")
+        if region:
+            return str(region)
+    return None
+
+
 def deployments() -> Iterator[tuple[str, Mapping[str, str], str]]:
     """(name, parameter values, region): the synthetic scenarios and samconfig.toml's envs."""
     for name, parameters in SCENARIOS.items():
         yield name, parameters, REGION
     for env, deploy in deploy_envs().items():
         overrides, _ = parse_overrides(deploy.get("parameter_overrides", ""))
-        yield f"samconfig:{env}", overrides, str(deploy.get("region", REGION))
+        yield f"samconfig:{env}", overrides, env_region(env) or REGION
 
 
 DEPLOYMENTS = {name: (parameters, region) for name, parameters, region in deployments()}

@@ -129,6 +129,11 @@ def test_each_aws_alarm_watches_the_relay_function_or_the_dead_letter_queue() ->
             "ApproximateNumberOfMessagesVisible",
             {"QueueName": queue},
         ),
+        "ScheduleDeadLetterAlarm": (
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            {"QueueName": deployed.get_att("ScheduleDeadLetterQueue", "QueueName")},
+        ),
     }
 
 
@@ -146,6 +151,7 @@ def test_what_each_alarm_treats_missing_data_as() -> None:
         # held-back rows are counted by runs; no run, no count (the lag alarm covers that)
         "TopicUnavailableAlarm": "notBreaching",
         "DeadLetterQueueNotEmptyAlarm": "notBreaching",
+        "ScheduleDeadLetterAlarm": "notBreaching",
         "FunctionErrorsAlarm": "notBreaching",
     }
 

@@ -112,7 +112,7 @@ def test_override_checker_reports_bad_input() -> None:
     parameters = template()["Parameters"]
     required = {name: f"x-{name}" for name, spec in parameters.items() if "Default" not in spec}
     required |= {
-        "DbSecretArn": "arn:aws:secretsmanager:eu-west-1:1:secret:db",
+        "DbSecretArn": "arn:aws:secretsmanager:eu-west-1:111111111111:secret:db-AbCdEf",
         "MskClusterArn": "arn:aws:kafka:eu-west-1:1:cluster/c/u",
     }
     good = " ".join(f'{k}="{v}"' for k, v in required.items())
@@ -130,9 +130,9 @@ def test_override_checker_reports_bad_input() -> None:
         "OutboxTable='bad-name' does not match AllowedPattern '[A-Za-z_][A-Za-z0-9_]{0,47}'"
     ]
     # The whole value must match, not a prefix.
-    assert problems("DbSecretArn=xarn:aws:secretsmanager:eu-west-1:1:secret:db") == [
-        "DbSecretArn='xarn:aws:secretsmanager:eu-west-1:1:secret:db' does not match AllowedPattern "
-        "'(arn:aws[a-z-]*:secretsmanager:.+)?'"
+    arn = "arn:aws:secretsmanager:eu-west-1:111111111111:secret:db-AbCdEf"
+    assert problems(f"DbSecretArn=x{arn}") == [
+        f"DbSecretArn='x{arn}' does not match AllowedPattern {parameters['DbSecretArn']['AllowedPattern']!r}"
     ]
     assert problems("FunctionTimeoutSeconds=901") == ["FunctionTimeoutSeconds='901' is above MaxValue 900"]
     assert problems("MemorySize=64") == ["MemorySize='64' is below MinValue 128"]
@@ -169,7 +169,7 @@ def test_dead_rows_outlive_their_dead_letters_whatever_the_parameters() -> None:
     assert float(dead_rows["MinValue"]) >= float(dead_letters["MaxValue"])
     # The two parameters are the ones that set the two retentions.
     stack = Stack(transformed(SCENARIOS["msk-iam"]), SCENARIOS["msk-iam"])
-    (queue,) = (r for r in stack.template["Resources"].values() if r["Type"] == "AWS::SQS::Queue")
+    queue = stack.template["Resources"]["DeadLetterQueue"]
     assert queue["Properties"]["MessageRetentionPeriod"] == {"Ref": "DeadLetterRetentionSeconds"}
     variables = relay_function(stack.template)["Environment"]["Variables"]
     assert variables["OUTBOX_DEAD_RETENTION_SECONDS"] == {"Ref": "DeadRetentionSeconds"}

@@ -132,8 +132,10 @@ def test_alarms_cover_lag_dead_letters_dlq_errors_missing_runs_drops_janitor_and
 
 
 def test_dead_letter_queue_is_encrypted_with_its_own_retention() -> None:
-    (queue,) = resources("AWS::SQS::Queue").values()
-    assert queue["Properties"]["SqsManagedSseEnabled"] is True
+    queues = resources("AWS::SQS::Queue")
+    assert set(queues) == {"DeadLetterQueue", "ScheduleDeadLetterQueue"}  # the relay's, the schedules'
+    assert all(q["Properties"]["SqsManagedSseEnabled"] is True for q in queues.values())
+    queue = queues["DeadLetterQueue"]
     assert queue["Properties"]["MessageRetentionPeriod"] == {"Ref": "DeadLetterRetentionSeconds"}
 
 
