@@ -180,3 +180,11 @@ def test_migrate_against_an_unreachable_database_failed_not_refused() -> None:
         outcome = run(["migrate"], {**DATABASE_ONLY, "OUTBOX_DB_PORT": _port(closed)})
     check(outcome, lambda code: code == FAILED)
     assert "database error: (2003," in outcome.err and outcome.err.endswith("; run migrate again\n")
+
+
+def test_migrate_ends_at_its_timeout_against_a_database_that_never_answers(silent: socket.socket) -> None:
+    started = time.monotonic()
+    outcome = run(["migrate", "--timeout", "2"], {**DATABASE_ONLY, "OUTBOX_DB_PORT": _port(silent)})
+    assert time.monotonic() - started <= 4.0
+    check(outcome, lambda code: code == FAILED)
+    assert "database error: (2013," in outcome.err

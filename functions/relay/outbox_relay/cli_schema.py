@@ -6,12 +6,21 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from .cli_common import NOTHING_TO_DO, CommandError, CommandFailed, integer, seconds
+from .cli_common import (
+    NOTHING_TO_DO,
+    CommandError,
+    CommandFailed,
+    add_timeout,
+    command_deadline,
+    integer,
+    seconds,
+)
 from .config import load_database_settings, load_kafka_settings
-from .migrate import DEFAULT_DIR, LOCK_WAIT_SECONDS, SchemaMismatch, apply, discover
+from .migrate import DEFAULT_DIR, LOCK_WAIT_SECONDS, MigrationFailed, SchemaMismatch, apply, discover
 from .sql import OutboxSql
 
 
@@ -25,21 +34,31 @@ def _migrate(args: argparse.Namespace) -> int:
     read_secret: SecretReader | None = None
     if settings.password is None and settings.secret_arn is not None:  # needs the relay extra
         from .runtime import read_secret
+    deadline = command_deadline(args)
+    assert deadline is not None
+
+    def time_left() -> float:
+        return max(0.5, deadline - time.monotonic())
+
     try:
-        conn = connector(settings, read_secret)()
+        conn = connector(settings, read_secret, timeout=time_left)()
         try:
-            apply(conn, OutboxSql(settings.table), migrations, print, args.lock_wait)
+            apply(conn, OutboxSql(settings.table), migrations, print, args.lock_wait, deadline)
         finally:
             conn.close()
     except SchemaMismatch as exc:
         if exc.changed:  # migrations were applied before the difference was found
             raise CommandFailed(str(exc)) from exc
         raise
+    except MigrationFailed as exc:  # part-way: what ran is kept, a re-run completes it
+        raise CommandFailed(str(exc)) from exc
     except pymysql.err.MySQLError as exc:
         # A dependency failed (exit 1): every migration statement is idempotent, a re-run completes it.
         raise CommandFailed(f"database error: {' '.join(str(exc).split())}; run migrate again") from exc
     return 0
 
+
+MIGRATE_SECONDS = 3600.0
 
 # Partitions per topic this command creates; more is a typo (or your infrastructure code's job).
 MAX_PARTITIONS = 1000
@@ -125,6 +144,10 @@ def add_parsers(sub: Any) -> None:
         default=LOCK_WAIT_SECONDS,
         metavar="SECONDS",
         help="wait this long for another migrate of the same table (default %(default)s)",
+    )
+    # Generous: building an index on a large live table takes minutes (README, "The outbox table").
+    add_timeout(
+        m, MIGRATE_SECONDS, "give up after this long, exit 1; a re-run completes it (default %(default)s)"
     )
     m.set_defaults(run=_migrate)
 

@@ -34,6 +34,10 @@ class MigrationError(Exception):
     """A migration could not be applied; ``str()`` says which and what to do."""
 
 
+class MigrationFailed(MigrationError):
+    """A statement failed (or the time ran out) part-way: what ran is kept; a re-run completes it."""
+
+
 class SchemaMismatch(MigrationError):
     """A table differs from the relay's schema.  ``changed``: found after this run applied
     migrations (otherwise nothing was changed)."""
@@ -80,13 +84,18 @@ def apply(
     migrations: list[Migration],
     say: Callable[[str], None],
     lock_wait_seconds: int = LOCK_WAIT_SECONDS,
+    deadline: float | None = None,
 ) -> int:
     """Apply what is missing, in order, under a lock named after the database and table (so
     concurrent runs apply each migration once); returns how many were applied.  The tables are
-    checked against the relay's schema before and after (:mod:`schema_contract`)."""
+    checked against the relay's schema before and after (:mod:`schema_contract`).  With a
+    ``deadline`` (monotonic) no statement waits past it: each one's socket timeouts are the time
+    left, and none starts without any."""
+    if deadline is not None:
+        lock_wait_seconds = max(0, min(lock_wait_seconds, int(deadline - time.monotonic()) - 1))
     name = _lock(conn, sql, lock_wait_seconds)
     try:
-        return _apply(conn, sql, migrations, say)
+        return _apply(conn, sql, migrations, say, deadline)
     finally:
         with contextlib.suppress(pymysql.err.Error), conn.cursor() as cur:  # or with the session
             cur.execute(sql.release_lock, (name,))
@@ -97,6 +106,7 @@ def _apply(
     sql: OutboxSql,
     migrations: list[Migration],
     say: Callable[[str], None],
+    deadline: float | None = None,
 ) -> int:
     applied = _applied(conn, sql)
     for m in migrations:
@@ -119,9 +129,10 @@ def _apply(
         with conn.cursor() as cur:
             for i, statement in enumerate(statements, 1):
                 try:
+                    _bound(conn, deadline)
                     cur.execute(statement)
-                except pymysql.err.MySQLError as exc:
-                    raise MigrationError(
+                except (pymysql.err.MySQLError, TimeoutError) as exc:
+                    raise MigrationFailed(
                         f"{label} failed at statement {i}/{len(statements)}: {exc.args[-1]}. "
                         "Its statements are idempotent: fix the cause and run migrate again."
                     ) from exc
@@ -136,6 +147,17 @@ def _apply(
     else:
         say(f"`{sql.table}` is up to date at V{latest:03d}")
     return len(pending)
+
+
+def _bound(conn: pymysql.connections.Connection[Any], deadline: float | None) -> None:
+    """The next statement's socket timeouts: the time left (PyMySQL reads them per statement)."""
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("stopped at --timeout before it")
+    setattr(conn, "_read_timeout", left)  # noqa: B010
+    setattr(conn, "_write_timeout", left)  # noqa: B010
 
 
 def lock_name(database: str, table: str) -> str:
