@@ -55,6 +55,7 @@ ALARM_IDS = (
     "JanitorNotSucceedingAlarm",
     "DeadRowsAlarm",
     "TopicUnavailableAlarm",
+    "ScheduleDeadLetterAlarm",
 )
 # The schedules are told apart by the action in their input: the relay's names none.
 SCHEDULE_ROLES = {"relay": "the relay does not run", "janitor": "old rows are not deleted"}

@@ -393,7 +393,7 @@ def test_a_moto_stack_end_to_end_reports_what_moto_lacks(
         )
     assert row(out, "dead-letter queue").startswith(f"PASS dead-letter queue {stack}-DeadLetterQueue-")
     assert row(out, "dead-letter queue").endswith(": 0 messages, 0 in flight")
-    assert out[-1] == "smoke: FAILED: 11 of 16 checks failed"
+    assert out[-1] == "smoke: FAILED: 12 of 17 checks failed"
 
 
 def test_a_healthy_deployment_passes_every_check(
@@ -406,7 +406,7 @@ def test_a_healthy_deployment_passes_every_check(
     checks, code, out = checked(private_moto, stack, schedules, alarms)
 
     assert code == 0 and all(c.ok for c in checks), out
-    assert out.splitlines()[-1] == "smoke: PASSED: all 16 checks"
+    assert out.splitlines()[-1] == "smoke: PASSED: all 17 checks"
     found = by_name(checks)
     assert "pending 12 (oldest" in found["invoke status"].detail
     topic = real_answers[0]["topics"][0]["topic"]
@@ -439,7 +439,7 @@ def test_a_disabled_schedule_and_a_deleted_alarm_fail(
     assert found[f"alarm {deleted.logical_id}"].detail == (
         f"{deleted.physical_id} is in the stack but not in CloudWatch"
     )
-    assert out.splitlines()[-1] == "smoke: FAILED: 2 of 16 checks failed"
+    assert out.splitlines()[-1] == "smoke: FAILED: 2 of 17 checks failed"
 
 
 def test_a_schedule_aimed_at_another_function_fails(
@@ -609,7 +609,9 @@ def test_no_function_means_no_invocation_and_two_failures() -> None:
 def test_the_expected_resources_are_those_of_the_transformed_template() -> None:
     assert set(resources("AWS::CloudWatch::Alarm")) == set(smoke.ALARM_IDS)
     assert set(resources("AWS::Lambda::Function")) == {smoke.FUNCTION_ID, smoke.JANITOR_FUNCTION_ID}
-    assert set(resources("AWS::SQS::Queue")) == {smoke.QUEUE_ID}
+    # The schedules' own dead-letter queue is watched through ScheduleDeadLetterAlarm (checked
+    # with the alarms); the smoke test reads the relay's.
+    assert set(resources("AWS::SQS::Queue")) == {smoke.QUEUE_ID, "ScheduleDeadLetterQueue"}
     roles = [
         smoke.schedule_role({"Target": {"Input": s["Properties"]["Target"]["Input"]}})
         for s in resources("AWS::Scheduler::Schedule").values()

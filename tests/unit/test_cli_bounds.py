@@ -127,7 +127,14 @@ def _command(argv: list[str], env: dict[str, str], stdout: int) -> subprocess.Po
         stderr=subprocess.PIPE,
         stdout=stdout,
         text=True,
+        # A shell that starts a job in the background (no job control) ignores SIGINT for it, and
+        # Python keeps an ignored SIGINT ignored: give the command the terminal's default.
+        preexec_fn=_default_sigint,  # noqa: PLW1509 - it only resets one signal before exec
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_while_waiting_for_the_database_is_one_line(silent: socket.socket) -> None:

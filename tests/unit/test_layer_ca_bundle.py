@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -58,7 +59,16 @@ def make(target: str, tmp_path: Path, **variables: str) -> subprocess.CompletedP
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("OUTBOX_RDS_CA_BUNDLE", "OUTBOX_CA_ANY_ISSUER", "DB_TLS_MODE", "MAKEFLAGS")
+        # MAKEFLAGS and MAKELEVEL: under `make test` the build would be a sub-make ("make[1]: ...").
+        if k
+        not in (
+            "OUTBOX_RDS_CA_BUNDLE",
+            "OUTBOX_CA_ANY_ISSUER",
+            "DB_TLS_MODE",
+            "MAKEFLAGS",
+            "MAKELEVEL",
+            "MFLAGS",
+        )
     }
     args = [f"{k}={v}" for k, v in {"ARTIFACTS_DIR": str(tmp_path / "artifacts"), **variables}.items()]
     return subprocess.run(
@@ -72,7 +82,7 @@ def make(target: str, tmp_path: Path, **variables: str) -> subprocess.CompletedP
 
 def our_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The build's own message lines (make's "*** Error" trailer aside)."""
-    return [line for line in result.stderr.splitlines() if not line.startswith("make: ***")]
+    return [line for line in result.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
 
 
 def bundle(tmp_path: Path, *pems: str) -> Path:
