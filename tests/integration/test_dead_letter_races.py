@@ -15,7 +15,7 @@ import pytest
 from outbox_relay import admin_dead, cli_letters, dlq_admin
 from outbox_relay.admin_dead import DeadRowsAdmin
 from outbox_relay.admin_mysql import AdminError
-from outbox_relay.cli_common import DONE, FAILED, NOTHING_TO_DO, USAGE, printable
+from outbox_relay.cli_common import DONE, FAILED, NOTHING_TO_DO, REFUSED, USAGE, printable
 from outbox_relay.dlq_admin import parse_letter
 from tests import support
 from tests.integration.test_dead_letter_tools import (
@@ -253,3 +253,21 @@ def test_a_missing_queue_is_one_line_and_changes_nothing(
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "NonExistentQueue" in err or "QueueDoesNotExist" in err, err
     assert database.status_counts() == {"DEAD": 1}
+
+
+def test_a_refused_redrive_changes_nothing_not_even_stale_letters(
+    database: support.Database,
+    dlq: support.Queue,
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (row,) = _dead(database, "A", 1)
+    _send(dlq, [_letter(*row), _letter(10**9, "gone")])  # one redrivable, one stale
+    database.query(
+        "UPDATE outbox_shard SET lease_owner = 'relay-1', lease_token = 'rrrrrrrrrrrrrrrr',"
+        " lease_until = UTC_TIMESTAMP(6) + INTERVAL 60 SECOND"
+    )
+    assert _cli(relay_env, monkeypatch, "redrive", "--from-dlq", "--wait", "0.5") == REFUSED
+    assert "nothing was changed" in capsys.readouterr().err
+    assert _counts(dlq) == (2, 0) and database.status_counts() == {"DEAD": 1}

@@ -110,15 +110,17 @@ def _redrive_letters(dead: DeadRowsAdmin, held: Held, args: argparse.Namespace, 
     found = dead.sort_letters(letters)
     say(f"read {len(letters)} dead letter(s) from the queue: {found.counts()}")
     rows = sorted(found.rows.values(), key=lambda r: r.id)
-    spent = found.letters[STALE]
     try:
         if rows:
             _redrive_rows(dead, rows, args.wait, held.checkpoint, report)
-    finally:
-        # The letters of the rows redriven (also when it stopped part-way), and the spent ones.
+    except BaseException:
+        # Stopped part-way: the letters of the rows it did redrive go; nothing else does (a
+        # refusal changes nothing, stale letters included).
         done = set(report.done)
-        spent = [x for x in found.letters[REDRIVABLE] if x.outbox_id in done] + spent
-        delete(held, spent, "their rows redriven, or stale")
+        delete(held, [x for x in found.letters[REDRIVABLE] if x.outbox_id in done], "their rows redriven")
+        raise
+    spent = [x for x in found.letters[REDRIVABLE] if x.outbox_id in set(report.done)] + found.letters[STALE]
+    delete(held, spent, "their rows redriven, or stale")
     advise(found)
     return DONE if rows or spent else NOTHING_TO_DO
 
