@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from outbox_relay import cli
-from outbox_relay.cli_common import MAX_OUTBOX_ID, integer, outbox_ids, seconds
+from outbox_relay.cli_common import integer, outbox_ids, seconds
+from outbox_relay.sql import MAX_OUTBOX_ID
 from tests.unit.hostile import NUMERIC_OPTIONS, OTHER_WORDS, check, option_values, run
 
 # The ranges the commands use (cli.py) and a few others.

@@ -25,6 +25,7 @@ from .config import RetentionSettings
 from .dlq_admin import Letter
 from .ports import StoreUnavailable
 from .rowtext import decode, raw, shown
+from .sql import MAX_OUTBOX_ID
 from .store_mysql import MySQLOutboxStore, micros
 
 Progress = Callable[[str], None]
@@ -98,10 +99,14 @@ class Sorted:
         return ", ".join(f"{len(v)} {k}" for k, v in self.letters.items() if v) or "none"
 
 
+def operator_host() -> str:
+    """This host as operator leases name it (ASCII, one word)."""
+    return "".join(socket.gethostname().encode("ascii", "replace").decode().split())[:64] or "-"
+
+
 def operator_owner(command: str) -> str:
     """Who holds an operator lease, as ``status`` shows it (the column holds 128 ASCII bytes)."""
-    host = socket.gethostname().encode("ascii", "replace").decode()
-    return f"{OPERATOR_PREFIX}{command} {host[:64]} pid {os.getpid()}"[:128]
+    return f"{OPERATOR_PREFIX}{command} {operator_host()} pid {os.getpid()}"[:128]
 
 
 class DeadRowsAdmin:
@@ -123,7 +128,7 @@ class DeadRowsAdmin:
                         cur.execute(self.sql.dead_rows(len(chunk)), chunk)
                         found += [_dead_row(r) for r in cur.fetchall()]
                 else:
-                    cur.execute(self.sql.dead_rows_up_to, (max_id if max_id is not None else 2**64 - 1,))
+                    cur.execute(self.sql.dead_rows_up_to, (max_id if max_id is not None else MAX_OUTBOX_ID,))
                     found = [_dead_row(r) for r in cur.fetchall()]
             return found
 

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import load_config, load_dlq_queue_url, load_store_config
 from .rowtext import shown
+from .sql import MAX_OUTBOX_ID
 
 if TYPE_CHECKING:  # the relay extra's modules, imported when a command runs
-    from .deadletter_sqs import SqsDeadLetterSink
+    from .dlq_admin import DeadLetterQueueAdmin
     from .runtime import StoreRuntime
 
 # Exit statuses, distinct so that a script can tell them apart (README, "Exit codes").
@@ -172,13 +173,13 @@ def store_runtime(deadline: float | None = None) -> StoreRuntime:
     return runtime
 
 
-def dead_letter_queue() -> SqsDeadLetterSink:
-    """The dead-letter queue (``DLQ_QUEUE_URL``, required here only), for ``--from-dlq``/``--dlq``;
-    ``.queue_url`` names it."""
+def dead_letter_queue() -> DeadLetterQueueAdmin:
+    """The dead-letter queue as operators read it (``DLQ_QUEUE_URL``, required here only), for
+    ``--from-dlq``, ``--dlq`` and ``dlq``; ``.queue_url`` names it."""
     from . import aws_clients
-    from .deadletter_sqs import SqsDeadLetterSink
+    from .dlq_admin import DeadLetterQueueAdmin
 
-    return SqsDeadLetterSink(aws_clients.sqs_client, load_dlq_queue_url(os.environ))
+    return DeadLetterQueueAdmin(aws_clients.sqs_client, load_dlq_queue_url(os.environ))
 
 
 def store_failed(args: argparse.Namespace, runtime: StoreRuntime, exc: Exception, done: str) -> CommandFailed:
@@ -231,16 +232,20 @@ class RetryLog(logging.Handler):
 retries = RetryLog()
 
 
-# The outbox id column is BIGINT UNSIGNED.
-MAX_OUTBOX_ID = 2**64 - 1
+def whole_numbers(what: str, low: int, high: int) -> Callable[[str], list[int]]:
+    """An option type: comma-separated plain decimal integers in [low, high], sorted, once each."""
+
+    def parse(text: str) -> list[int]:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts or not all(_INTEGER.fullmatch(part) for part in parts):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {quoted(text)}")
+        too_long = any(len(part.lstrip("+-").lstrip("0")) > _MAX_DIGITS for part in parts)
+        values = [] if too_long else sorted({int(part) for part in parts})
+        if not values or values[0] < low or values[-1] > high:
+            raise argparse.ArgumentTypeError(f"expected {what} from {low} to {high}, got {quoted(text)}")
+        return values
+
+    return parse
 
 
-def outbox_ids(text: str) -> list[int]:
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or not all(_INTEGER.fullmatch(part) for part in parts):
-        raise argparse.ArgumentTypeError(f"expected comma-separated outbox ids, got {quoted(text)}")
-    too_long = any(len(part.lstrip("+-").lstrip("0")) > _MAX_DIGITS for part in parts)
-    ids = [] if too_long else sorted({int(part) for part in parts})
-    if not ids or ids[0] <= 0 or ids[-1] > MAX_OUTBOX_ID:
-        raise argparse.ArgumentTypeError(f"expected outbox ids from 1 to {MAX_OUTBOX_ID}, got {quoted(text)}")
-    return ids
+outbox_ids = whole_numbers("outbox ids", 1, MAX_OUTBOX_ID)

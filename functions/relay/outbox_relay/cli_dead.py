@@ -29,7 +29,6 @@ from .admin_dead import (
 from .admin_mysql import AdminError
 from .cli_common import (
     DONE,
-    MAX_OUTBOX_ID,
     NOTHING_TO_DO,
     REFUSED,
     CommandError,
@@ -46,6 +45,7 @@ from .cli_letters import LETTER_COMMAND_SECONDS, Held, admins, advise, delete, r
 from .dlq_admin import QueueError
 from .interrupts import Deferred
 from .ports import StoreUnavailable
+from .sql import MAX_OUTBOX_ID
 
 SHOWN_ROWS = 50
 

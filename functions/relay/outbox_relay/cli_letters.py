@@ -26,6 +26,7 @@ from .admin_dead import (
     DeadRowsAdmin,
     Interrupted,
     Sorted,
+    operator_host,
 )
 from .cli_common import (
     DONE,
@@ -35,12 +36,13 @@ from .cli_common import (
     UsageError,
     add_timeout,
     command_deadline,
+    dead_letter_queue,
     integer,
     printable,
     store_runtime,
     table,
+    whole_numbers,
 )
-from .config import load_dlq_queue_url
 from .dlq_admin import KEEP_EVERY_SECONDS, DeadLetterQueueAdmin, Letter, QueueError
 from .interrupts import Deferred
 
@@ -55,11 +57,7 @@ def admins(args: argparse.Namespace, need_queue: bool) -> tuple[DeadRowsAdmin, D
     """The database alone (OUTBOX_DB_*), and the queue (DLQ_QUEUE_URL) when the command uses it."""
     runtime = store_runtime(command_deadline(args))
     dead = DeadRowsAdmin(runtime.store, runtime.config.retention)
-    if not need_queue:
-        return dead, None
-    from .aws_clients import sqs_client
-
-    return dead, DeadLetterQueueAdmin(sqs_client, load_dlq_queue_url(os.environ))
+    return dead, dead_letter_queue() if need_queue else None
 
 
 def say(text: str) -> None:
@@ -225,7 +223,7 @@ def _still_used(owner: str, force: bool) -> str | None:
         return "a relay's lease is left alone (it ends by itself)"
     parts = owner.split()  # operator <command> <host> pid <pid>
     if len(parts) == 5 and parts[3] == "pid" and parts[4].isdigit():
-        if parts[2] != _host():
+        if parts[2] != operator_host():
             return None if force else "an operator command on another host: add --force if it is gone"
         try:
             os.kill(int(parts[4]), 0)
@@ -235,12 +233,6 @@ def _still_used(owner: str, force: bool) -> str | None:
             pass
         return f"its command is still running here (pid {parts[4]})"
     return None if force else "an operator lease of unknown form: add --force"
-
-
-def _host() -> str:
-    from .admin_dead import operator_owner
-
-    return operator_owner("x").split()[2]
 
 
 # --- letters: read, delete, give back ----------------------------------------------------------
@@ -313,19 +305,12 @@ def add_parsers(sub: Any) -> None:
     q.set_defaults(run=_dlq)
 
     x = sub.add_parser("unlease", help="end leases operator commands left behind (never a relay's)")
-    x.add_argument("--shards", type=integer_list, help="comma-separated shards (default: all)")
+    # The shard column is SMALLINT UNSIGNED.
+    x.add_argument(
+        "--shards",
+        type=whole_numbers("shard numbers", 0, 65_535),
+        help="comma-separated shards (default: all)",
+    )
     x.add_argument("--force", action="store_true", help="also leases of operator commands on other hosts")
     add_timeout(x)
     x.set_defaults(run=_unlease)
-
-
-def integer_list(text: str) -> list[int]:
-    """Comma-separated shard numbers (the shard column is SMALLINT UNSIGNED)."""
-    parse = integer(0, 65_535)
-    try:
-        shards = sorted({parse(part) for part in text.split(",") if part.strip()})
-    except argparse.ArgumentTypeError:
-        shards = []
-    if not shards:
-        raise argparse.ArgumentTypeError(f"expected comma-separated shard numbers, got {printable(text)!r}")
-    return shards

@@ -344,35 +344,6 @@ class SqsDeadLetterSink:
         if down is not None:
             raise DeadLetterQueueDown(down, results)
 
-    def receive(self, max_messages: int, visibility_timeout: int = 120) -> list[tuple[str, dict[str, Any]]]:
-        """Read (without deleting) up to ``max_messages`` dead letters: (receipt handle, body)."""
-        out: list[tuple[str, dict[str, Any]]] = []
-        while len(out) < max_messages:
-            got = self.client.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=min(10, max_messages - len(out)),
-                VisibilityTimeout=visibility_timeout,
-                WaitTimeSeconds=0,
-            )
-            messages = got.get("Messages", [])
-            if not messages:
-                break
-            for m in messages:
-                try:
-                    body = json.loads(m.get("Body", ""))
-                except ValueError:
-                    body = {}
-                out.append((m["ReceiptHandle"], body if isinstance(body, dict) else {}))
-        return out
-
-    def delete(self, receipts: Sequence[str]) -> None:
-        for start in range(0, len(receipts), _BATCH):
-            chunk = receipts[start : start + _BATCH]
-            self.client.delete_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(chunk)],
-            )
-
     def _batches(self, bodies: Sequence[str]) -> list[list[int]]:
         """Groups of ≤ 10 messages whose bodies together stay within ``max_bytes`` in UTF-8, as SQS
         counts a SendMessageBatch request (the sum of its bodies; no attributes are sent).  The

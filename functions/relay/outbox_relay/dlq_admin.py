@@ -18,10 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .sql import MAX_OUTBOX_ID
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
-MAX_OUTBOX_ID = 2**64 - 1  # BIGINT UNSIGNED
 EVENT_ID_CHARS = 36  # CHAR(36)
 _BATCH = 10  # SQS's batch limit
 # Long enough for a command to match, redrive and delete what it read, short enough that letters

@@ -33,6 +33,10 @@ INLINE_BODY_BYTES = 4096
 SHARD_COUNT = 16
 
 
+# The outbox id column is BIGINT UNSIGNED.
+MAX_OUTBOX_ID = 2**64 - 1
+
+
 def as_bytes(column: str) -> str:
     """A text column read as the bytes stored: the driver never decodes it (a row holding bytes
     its character set does not allow cannot fail a read; rowtext.py decodes it)."""
